@@ -1,0 +1,152 @@
+"""Every configuration field of ebm_jax, with its default and where the value comes from.
+
+Dataset configs import this file and override a few fields. Sources are abbreviated:
+  paper §x / A.x  -> Du et al., "Improved Contrastive Divergence Training of EBMs" (papers/icd_paper.txt)
+  ref §x          -> the authors' PyTorch code as described in reference/icd_reference_code.md
+Where the paper and the code differ the paper's value is used and the code's value is noted.
+
+Variants: `get_config("tiny")` shrinks everything so a step runs in seconds on a CPU (tests,
+smoke runs). Command line: `--config=configs/default.py:tiny`.
+"""
+
+import ml_collections
+
+
+def get_config(variant: str = "") -> ml_collections.ConfigDict:
+  c = ml_collections.ConfigDict()
+  c.seed = 0  # base PRNG seed; per-step keys are fold_in(seed key, step) (STYLE.md point 5)
+
+  # ---------------------------------------------------------------- data
+  c.data = ml_collections.ConfigDict()
+  # One of: digits, fashion_mnist, shapes, toy2d (offline); cifar10, celeba_hq, lsun_bedroom,
+  # mnist, celeba (tensorflow-datasets).
+  c.data.name = "cifar10"
+  c.data.image_size = 32  # images are resized/cropped to image_size x image_size
+  c.data.channels = 3  # 1 (grey) or 3 (RGB); grey datasets read as RGB are averaged, and back
+  c.data.path = ""  # offline files (fashion_mnist IDX folder) or tfds data_dir; "" = default
+  c.data.split = "train"
+  c.data.attribute = ""  # celeba / shapes: the attribute that conditions the model ("" = unconditional)
+  c.data.toy_density = "8gaussians"  # toy2d: 8gaussians, rings, checkerboard, two_moons, ...
+  c.data.shuffle_buffer = 10_000  # tf.data shuffle buffer (examples)
+  c.data.dequantize = True  # x = (pixel + U(0,1)) / levels, ref §1.1 (pixel/256 + U(0, 1/256))
+
+  # ---------------------------------------------------------------- model
+  c.model = ml_collections.ConfigDict()
+  # resnet32 (paper Fig. 11a / ref §3.2), resnet128 (Fig. 11b / ref §3.3), mnist (ref §3.4),
+  # mlp (2-D energies).
+  c.model.name = "resnet32"
+  c.model.features = 64  # F, base width; paper Fig. 11a (CIFAR-10) uses 64, Fig. 11b uses 128
+  c.model.multiscale = True  # energies at full, 1/2 and 1/4 resolution -> (B, 3); paper §2.4, A.1
+  c.model.attention = True  # SAGAN self-attention block; paper §3.1 ("we add self-attention")
+  # Normalisation inside residual blocks: "instance_group" = InstanceNorm up to 128 channels and
+  # GroupNorm(32) above (ref §3.1), "layer", or "none".
+  c.model.norm = "instance_group"
+  # Weight standardisation of the block convs (ref §3.1 WSConv2d) or spectral norm (IGEBM).
+  # Paper §3.1 removes spectral norm; the code standardises weights instead.
+  c.model.conv = "ws"  # "ws", "spectral" or "plain"
+  c.model.num_classes = 0  # > 0: conditional model, one-hot labels enter through FiLM (ref §3.1)
+  c.model.mlp_hidden = (256, 256, 256)  # mlp only: hidden widths
+  c.model.dtype = "float32"  # compute dtype of the net ("bfloat16" for mixed precision)
+
+  # ---------------------------------------------------------------- Langevin sampler
+  c.langevin = ml_collections.ConfigDict()
+  c.langevin.num_steps = 40  # K; paper A.2 (CIFAR-10, CelebA, LSUN)
+  c.langevin.step_size = 100.0  # lambda; paper A.2 (CIFAR-10: 100, CelebA/LSUN: 1000)
+  c.langevin.noise_scale = 0.001  # sigma; paper A.2 ("Gaussian noise of magnitude 0.001")
+  c.langevin.anneal_noise = False  # sigma_k = sigma (K-k)/K; ref §1.3 `anneal`, off by default
+  c.langevin.grad_clip = 0.0  # elementwise clip of grad_x E (IGEBM proj_norm 0.01); 0 = off, paper §3.1
+  c.langevin.clip_x = True  # clamp samples to [0, 1] after each step (ref §1.3); False for 2-D data
+
+  # ---------------------------------------------------------------- losses
+  c.loss = ml_collections.ConfigDict()
+  c.loss.cd = True  # L_CD = mean E(x+) - mean E(sg(x-)); paper Eq. 4
+  c.loss.reg_weight = 1.0  # alpha in alpha (E(x+)^2 + E(x-)^2); ref §1.5 (hard-coded 1), paper §3.1
+  c.loss.opt = True  # L_opt = E_{sg(theta)}(x_hat); paper Eq. 6 (first half of L_KL)
+  c.loss.opt_weight = 1.0  # kl_coeff; ref §1.5 (the paper gives no value)
+  c.loss.ent = True  # L_ent = -mean log NN(x_hat, buffer); paper Eq. 7 (second half of L_KL)
+  c.loss.ent_weight = 0.3  # ref §1.5 ("just a heuristic", author in issue #9); paper silent
+  c.loss.ent_num_refs = 100  # comparison set size; ref §1.5 uses 100 (paper §2.2 says 1000)
+  c.loss.ent_min_buffer = 1000  # L_ent only once the buffer holds more items; ref §1.5
+  c.loss.ent_eps = 1e-8  # added inside the sqrt of the NN distance; ref §8.4 (the code has none)
+  c.loss.kl_samples = 0  # n, rows that carry L_KL; 0 = whole batch (ref §1.4: n = B on CIFAR/CelebA)
+  c.loss.kl_all_steps = False  # differentiate L_opt through all K steps (paper A.4 ablation)
+
+  # ---------------------------------------------------------------- replay buffer
+  c.buffer = ml_collections.ConfigDict()
+  c.buffer.kind = "reservoir"  # "reservoir" (Algorithm R, paper §2.5) or "fifo" (IGEBM)
+  c.buffer.capacity = 10_000  # paper §3.1 ("buffer size of 10000")
+  c.buffer.storage = "uint8"  # "uint8" (ref §1.2, 8-bit images) or "float32" (2-D data)
+  c.buffer.noise_restart_prob = 0.05  # paper §3.1 / Alg. 1 (5 %); the code now uses 0.001
+  c.buffer.augment = True  # one augmentation transition per chain start drawn from the buffer; paper §2.3
+
+  # ---------------------------------------------------------------- augmentation transitions
+  c.augment = ml_collections.ConfigDict()
+  c.augment.crop_scale = (0.3, 1.0)  # random resized crop area range; paper A.2 ("between 0.3 and 1.0")
+  c.augment.crop_ratio = (0.75, 4.0 / 3.0)  # aspect ratio range; torchvision default (ref §2.1)
+  c.augment.flip = True  # horizontal flip with p = 0.5; paper A.2, ref §2.1
+  c.augment.color_strength = 1.0  # SimCLR colour jitter strength s; paper A.2 (CIFAR 1.0, CelebA 0.5)
+  c.augment.color_prob = 0.8  # jitter applied with p = 0.8; SimCLR (Chen et al. 2020), ref §2.1
+  c.augment.hue_scale = 0.2  # max hue shift = hue_scale * s; SimCLR uses 0.2 (the code uses 0.4)
+  c.augment.grayscale_prob = 0.2  # SimCLR, ref §2.1
+  c.augment.blur_kernel = 5  # Gaussian blur kernel in pixels, 0 = off; paper A.2 (CIFAR 5, CelebA 11)
+  c.augment.blur_prob = 0.5  # ref §2.1 (utils.GaussianBlur)
+  c.augment.blur_sigma = (0.1, 2.0)  # sigma ~ U(0.1, 2); ref §2.1
+  c.augment.elastic_alpha = 0.0  # elastic deformation strength in pixels, 0 = off; critique §6.3
+  c.augment.elastic_sigma = 3.0  # smoothness of the elastic displacement field (pixels)
+
+  # ---------------------------------------------------------------- optimiser
+  c.optim = ml_collections.ConfigDict()
+  c.optim.learning_rate = 2e-4  # ref §4 (paper: Adam, no value)
+  c.optim.b1 = 0.0  # ref §4 (no momentum)
+  c.optim.b2 = 0.9  # ref §4
+  c.optim.eps = 1e-8  # ref §4
+  c.optim.grad_clip_norm = 0.5  # global-norm clip; ref §4 (0 = off)
+  c.optim.ema_decay = 0.999  # paper §3.1 ("EMA weight of 0.999"); the code uses 0.99
+
+  # ---------------------------------------------------------------- training loop
+  c.train = ml_collections.ConfigDict()
+  c.train.batch_size = 128  # global batch B; ref §4 (per GPU)
+  c.train.num_steps = 100_000  # the code never stops; the author trained 10k-120k (ref §4)
+  c.train.log_every = 50  # scalars to TensorBoard + metrics.jsonl
+  c.train.image_every = 1000  # grid of negatives to TensorBoard
+  c.train.checkpoint_every = 1000  # ref §4 save_interval
+  c.train.keep_checkpoints = 2  # latest checkpoints kept ...
+  c.train.keep_every = 10_000  # ... plus a permanent one every keep_every steps (0 = none)
+  c.train.max_abs_energy = 1e4  # stop if |mean E(x+)| exceeds this (ref §4 aborts at 10)
+
+  # ---------------------------------------------------------------- test-time sampling
+  c.sample = ml_collections.ConfigDict()
+  c.sample.num = 64  # chains
+  c.sample.batch_size = 64  # chains run at once
+  c.sample.step_size = -1.0  # lambda at test time; < 0 = langevin.step_size
+  c.sample.num_blocks = 10  # blocks of block_steps Langevin steps, each followed by an augmentation
+  c.sample.block_steps = 20  # paper §2.3 ("after every 20 steps")
+  c.sample.final_steps = 40  # plain steps at the end, no augmentation
+  c.sample.augment = True  # augmentation transitions between blocks; paper §2.3
+
+  if variant:
+    apply_variant(c, variant)
+  return c
+
+
+def apply_variant(c: ml_collections.ConfigDict, variant: str) -> None:
+  """Applies a named size variant in place."""
+  if variant != "tiny":
+    raise ValueError(f"unknown config variant {variant!r}; known: 'tiny'")
+  # A network, chain and batch small enough that one training step runs in seconds on a CPU.
+  c.model.features = 8
+  c.langevin.num_steps = 3
+  c.buffer.capacity = 64
+  c.loss.ent_num_refs = 8
+  c.loss.ent_min_buffer = 8
+  c.train.batch_size = 8
+  c.train.num_steps = 3
+  c.train.log_every = 1
+  c.train.image_every = 2
+  c.train.checkpoint_every = 2
+  c.train.keep_every = 0
+  c.sample.num = 4
+  c.sample.batch_size = 4
+  c.sample.num_blocks = 1
+  c.sample.block_steps = 2
+  c.sample.final_steps = 2

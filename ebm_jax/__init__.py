@@ -1,0 +1,1 @@
+"""ebm_jax: Improved Contrastive Divergence training of energy-based models in JAX."""

@@ -1,0 +1,127 @@
+"""Langevin dynamics as pure kernels and `lax.scan` chains (blackjax-shaped).
+
+One step, with the reference semantics (reference description §1.3):
+    x̃ = x + σ ε,   g = ∇ₓ Σ_b Ē(x̃_b),   x' = clip(x̃ − λ g, 0, 1)
+where Ē is the energy summed over heads and the gradient is of the sum over the batch, so each
+sample moves along its own gradient. The noise is added *before* the gradient; there is no
+√(2λ) coupling between λ and σ unless the caller chooses it (textbook Langevin: σ² = 2λ).
+
+Nothing here is logged: kernels return (state, info) and chains return the stacked infos.
+Kernels are differentiable functions of the energy's parameters, so the same code serves the
+stop-gradient training chain and the L_opt-through-all-steps ablation (paper A.4).
+"""
+
+from typing import Callable, NamedTuple
+
+import jax
+import jax.numpy as jnp
+
+# energy_fn(x) -> (B, S) energies for a batch x; parameters are closed over.
+EnergyFn = Callable[[jax.Array], jax.Array]
+XRange = tuple[float, float] | None
+
+
+class LangevinState(NamedTuple):
+  x: jax.Array  # current samples (B, ...)
+  x_noised: jax.Array  # x̃ of the step that produced x (the KL sample is rebuilt from it)
+
+
+class LangevinInfo(NamedTuple):
+  energy: jax.Array  # (B,) head-summed energy at the noised point x̃
+  grad_norm: jax.Array  # (B,) L2 norm of ∇ₓ Ē(x̃), before any clipping
+
+
+def init(x: jax.Array) -> LangevinState:
+  return LangevinState(x=x, x_noised=x)
+
+
+def summed_energy_and_grad(energy_fn: EnergyFn, x: jax.Array):
+  """Per-sample head-summed energies (B,) and ∇ₓ of their batch sum (each row its own)."""
+  def total(z):
+    e = energy_fn(z).sum(axis=-1)
+    return e.sum(), e
+  grad, energy = jax.grad(total, has_aux=True)(x)
+  return energy, grad
+
+
+def gradient_step(energy_fn: EnergyFn, x_noised: jax.Array, step_size: float,
+                  grad_clip: float = 0.0, x_range: XRange = (0.0, 1.0)):
+  """The deterministic half of a step: clip(x̃ − λ ∇ₓĒ(x̃)). Returns (x', info)."""
+  energy, grad = summed_energy_and_grad(energy_fn, x_noised)
+  grad_norm = jnp.sqrt(jnp.sum(grad.reshape(grad.shape[0], -1) ** 2, axis=-1))
+  if grad_clip > 0:  # IGEBM's proj_norm: elementwise clamp of the gradient
+    grad = jnp.clip(grad, -grad_clip, grad_clip)
+  x_new = x_noised - step_size * grad
+  if x_range is not None:
+    x_new = jnp.clip(x_new, *x_range)
+  return x_new, LangevinInfo(energy=energy, grad_norm=grad_norm)
+
+
+def build_kernel(energy_fn: EnergyFn, step_size: float, grad_clip: float = 0.0,
+                 x_range: XRange = (0.0, 1.0)):
+  """Returns kernel(key, state, noise_scale) -> (state, info)."""
+
+  def kernel(key: jax.Array, state: LangevinState, noise_scale: jax.Array | float):
+    x_noised = state.x + noise_scale * row_normal(key, state.x)
+    x_new, info = gradient_step(energy_fn, x_noised, step_size, grad_clip, x_range)
+    return LangevinState(x=x_new, x_noised=x_noised), info
+
+  return kernel
+
+
+def row_normal(key: jax.Array, x: jax.Array) -> jax.Array:
+  """N(0, I) noise shaped like x whose row i depends only on (key, i): the first n rows are
+  the same whether the chain runs on n or on B rows, so a chain can be replayed on a prefix."""
+  return jax.vmap(lambda i: jax.random.normal(jax.random.fold_in(key, i), x.shape[1:], x.dtype)
+                  )(jnp.arange(x.shape[0]))
+
+
+def noise_schedule(noise_scale: float, num_steps: int, anneal: bool = False) -> jax.Array:
+  """σ_k for k = 1..K: constant, or σ (K − k)/K when annealed (ref §1.3 `anneal`)."""
+  if not anneal:
+    return jnp.full((num_steps,), noise_scale, jnp.float32)
+  k = jnp.arange(1, num_steps + 1, dtype=jnp.float32)
+  return noise_scale * (num_steps - k) / num_steps
+
+
+def run_chain(kernel, key: jax.Array, x0: jax.Array, num_steps: int,
+              noise_scale: float | jax.Array, anneal: bool = False, remat: bool = False):
+  """K kernel steps under `lax.scan`. Returns (final state, infos with leading axis K).
+
+  The k-th step uses `fold_in(key, k)`, so a chain is a pure function of (key, x0) and can be
+  replayed exactly (the all-steps KL ablation does so inside the loss). `remat` recomputes
+  each step in the backward pass instead of storing its activations.
+  """
+  sigmas = noise_schedule(1.0, num_steps, anneal) * noise_scale
+
+  def body(state, k_sigma):
+    k, sigma = k_sigma
+    return kernel(jax.random.fold_in(key, k), state, sigma)
+
+  if remat:
+    body = jax.checkpoint(body)
+  return jax.lax.scan(body, init(x0), (jnp.arange(num_steps), sigmas))
+
+
+def run_test_chain(kernel, transition: Callable[[jax.Array, jax.Array], jax.Array] | None,
+                   key: jax.Array, x0: jax.Array, *, num_blocks: int, block_steps: int,
+                   final_steps: int, noise_scale: float):
+  """Test-time sampling (paper §2.3, ref §5): `num_blocks` × (block_steps Langevin steps, then
+  one augmentation transition of the whole batch), then `final_steps` plain steps.
+
+  `transition(key, x_batch) -> x_batch` is the batched augmentation (None: no augmentation).
+  Returns (final samples, infos with leading axis num_blocks·block_steps + final_steps).
+  """
+  block_key, final_key = jax.random.split(key)
+
+  def block(x, i):
+    k_chain, k_aug = jax.random.split(jax.random.fold_in(block_key, i))
+    state, info = run_chain(kernel, k_chain, x, block_steps, noise_scale)
+    x = state.x if transition is None else transition(k_aug, state.x)
+    return x, info
+
+  x, block_infos = jax.lax.scan(block, x0, jnp.arange(num_blocks))
+  block_infos = jax.tree.map(lambda a: a.reshape((-1,) + a.shape[2:]), block_infos)
+  state, final_infos = run_chain(kernel, final_key, x, final_steps, noise_scale)
+  infos = jax.tree.map(lambda a, b: jnp.concatenate([a, b]), block_infos, final_infos)
+  return state.x, infos

@@ -1,0 +1,64 @@
+"""The one place that turns a model config into a Flax module (no registries)."""
+
+import jax.numpy as jnp
+import ml_collections
+
+from ebm_jax.models.layers import SPECTRAL
+from ebm_jax.models.nets import (ARCHITECTURES, ATTN, MLPEnergy, ResNetEnergy)
+
+__all__ = ["SPECTRAL", "make_model", "check_input_shape", "num_heads"]
+
+_DTYPES = {"float32": jnp.float32, "bfloat16": jnp.bfloat16}
+
+
+def _heads(cfg: ml_collections.ConfigDict):
+  heads = ARCHITECTURES[cfg.name](cfg.features, cfg.attention)
+  return heads if cfg.multiscale else heads[:1]
+
+
+def num_heads(cfg: ml_collections.ConfigDict) -> int:
+  return 1 if cfg.name == "mlp" else len(_heads(cfg))
+
+
+def check_input_shape(cfg: ml_collections.ConfigDict, shape: tuple[int, ...]) -> None:
+  """Raises ValueError, naming the config fields, if the net cannot take inputs of `shape`."""
+  known = sorted(ARCHITECTURES) + ["mlp"]
+  if cfg.name not in known:
+    raise ValueError(f"model.name={cfg.name!r} is not one of {known}")
+  if cfg.dtype not in _DTYPES:
+    raise ValueError(f"model.dtype={cfg.dtype!r} is not one of {sorted(_DTYPES)}")
+  if cfg.name == "mlp":
+    if len(shape) != 1:
+      raise ValueError(f"model.name='mlp' takes flat data, but the data has shape {shape}; "
+                       "use a convolutional net (resnet32, resnet128, mnist) for images")
+    return
+  if len(shape) != 3 or shape[0] != shape[1] or shape[2] not in (1, 3):
+    raise ValueError(f"model.name={cfg.name!r} takes square images of shape (H, H, 1|3), "
+                     f"but the data has shape {shape}")
+  if cfg.features < 8 or cfg.features % 2:
+    raise ValueError(f"model.features={cfg.features} must be an even number >= 8")
+  size = shape[0]
+  for k, (_, stages) in enumerate(_heads(cfg)):
+    downs = sum(1 for s in stages if s != ATTN and s[1])
+    if size < 2 ** (k + downs):
+      raise ValueError(
+          f"data.image_size={size} is too small for model.name={cfg.name!r}"
+          f"{' with multiscale' if cfg.multiscale else ''}: it needs at least {2 ** (k + downs)} "
+          "(each downsampling halves the image); choose a larger image_size or another net")
+    for s in stages:
+      if s != ATTN and cfg.norm == "instance_group" and s[0] > 128 and s[0] % 32:
+        raise ValueError(f"model.features={cfg.features} gives {s[0]} channels, which "
+                         "GroupNorm(32) cannot split; use a multiple of 32 above 128 channels")
+
+
+def make_model(cfg: ml_collections.ConfigDict, shape: tuple[int, ...]):
+  """Builds the energy net for data of per-example `shape`. Returns a Flax module whose
+  `apply(variables, x, y=None, train=False)` gives energies of shape (B, S)."""
+  check_input_shape(cfg, shape)
+  dtype = _DTYPES[cfg.dtype]
+  if cfg.name == "mlp":
+    return MLPEnergy(tuple(cfg.mlp_hidden), dtype=dtype)
+  if cfg.conv not in ("ws", "spectral", "plain"):
+    raise ValueError(f"model.conv={cfg.conv!r} is not one of ['plain', 'spectral', 'ws']")
+  return ResNetEnergy(tuple((stem, tuple(st)) for stem, st in _heads(cfg)), norm=cfg.norm,
+                      conv=cfg.conv, conditional=cfg.num_classes > 0, dtype=dtype)

@@ -25,8 +25,11 @@ def get_config(variant: str = "") -> ml_collections.ConfigDict:
   c.data.channels = 3  # 1 (grey) or 3 (RGB); grey datasets read as RGB are averaged, and back
   c.data.path = ""  # offline files (fashion_mnist IDX folder) or tfds data_dir; "" = default
   c.data.split = "train"
-  c.data.attribute = ""  # celeba / shapes: the attribute that conditions the model ("" = unconditional)
+  # The label that conditions the model through FiLM (ref §3.1): "" = unconditional, "class" for
+  # class-labelled sets, a CelebA attribute name (Young, Male, Smiling, ...) or a shapes attribute.
+  c.data.attribute = ""
   c.data.toy_density = "8gaussians"  # toy2d: 8gaussians, rings, checkerboard, two_moons, ...
+  c.data.download = True  # tfds: download and prepare missing data; False = stop with how to fix it
   c.data.shuffle_buffer = 10_000  # tf.data shuffle buffer (examples)
   c.data.dequantize = True  # x = (pixel + U(0,1)) / levels, ref §1.1 (pixel/256 + U(0, 1/256))
 
@@ -44,7 +47,6 @@ def get_config(variant: str = "") -> ml_collections.ConfigDict:
   # Weight standardisation of the block convs (ref §3.1 WSConv2d) or spectral norm (IGEBM).
   # Paper §3.1 removes spectral norm; the code standardises weights instead.
   c.model.conv = "ws"  # "ws", "spectral" or "plain"
-  c.model.num_classes = 0  # > 0: conditional model, one-hot labels enter through FiLM (ref §3.1)
   c.model.mlp_hidden = (256, 256, 256)  # mlp only: hidden widths
   c.model.dtype = "float32"  # compute dtype of the net ("bfloat16" for mixed precision)
 
@@ -77,6 +79,7 @@ def get_config(variant: str = "") -> ml_collections.ConfigDict:
   c.buffer.capacity = 10_000  # paper §3.1 ("buffer size of 10000")
   c.buffer.storage = "uint8"  # "uint8" (ref §1.2, 8-bit images) or "float32" (2-D data)
   c.buffer.noise_restart_prob = 0.05  # paper §3.1 / Alg. 1 (5 %); the code now uses 0.001
+  c.buffer.noise_range = (0.0, 1.0)  # chain restarts are U(lo, hi) noise; images: U(0, 1) (ref §1.2)
   c.buffer.augment = True  # one augmentation transition per chain start drawn from the buffer; paper §2.3
 
   # ---------------------------------------------------------------- augmentation transitions
@@ -124,16 +127,27 @@ def get_config(variant: str = "") -> ml_collections.ConfigDict:
   c.sample.final_steps = 40  # plain steps at the end, no augmentation
   c.sample.augment = True  # augmentation transitions between blocks; paper §2.3
 
-  if variant:
-    apply_variant(c, variant)
+  finish(c, variant)
   return c
 
 
-def apply_variant(c: ml_collections.ConfigDict, variant: str) -> None:
-  """Applies a named size variant in place."""
-  if variant != "tiny":
-    raise ValueError(f"unknown config variant {variant!r}; known: 'tiny'")
-  # A network, chain and batch small enough that one training step runs in seconds on a CPU.
+def parse_variant(variant: str, known: tuple[str, ...] = ()) -> list[str]:
+  """'a,tiny' -> ['a', 'tiny']; rejects tokens that are neither 'tiny' nor in `known`."""
+  tokens = [t.strip() for t in variant.split(",") if t.strip()]
+  for t in tokens:
+    if t != "tiny" and t not in known:
+      raise ValueError(f"unknown config variant {t!r}; known: {['tiny', *known]}")
+  return tokens
+
+
+def finish(c: ml_collections.ConfigDict, variant: str, known: tuple[str, ...] = ()) -> None:
+  """Applies the 'tiny' size variant if asked for (after the dataset's own overrides)."""
+  if "tiny" in parse_variant(variant, known):
+    apply_tiny(c)
+
+
+def apply_tiny(c: ml_collections.ConfigDict) -> None:
+  """A network, chain and batch small enough that one training step runs in seconds on a CPU."""
   c.model.features = 8
   c.langevin.num_steps = 3
   c.buffer.capacity = 64

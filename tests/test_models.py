@@ -11,9 +11,9 @@ from ebm_jax.models import SPECTRAL, check_input_shape, make_model
 from ebm_jax.models.layers import ResBlock, SelfAttention, WSConv
 
 
-def _model_cfg(name, features=8, multiscale=True, num_classes=0, **kw):
+def _model_cfg(name, features=8, multiscale=True, **kw):
   c = get_config().model
-  c.name, c.features, c.multiscale, c.num_classes = name, features, multiscale, num_classes
+  c.name, c.features, c.multiscale = name, features, multiscale
   for k, v in kw.items():
     c[k] = v
   return c
@@ -32,8 +32,8 @@ def _count(tree):
     ("mnist", 8, 1, False, 10, 1),
 ])
 def test_output_shapes(name, size, channels, multiscale, num_classes, heads):
-  cfg = _model_cfg(name, multiscale=multiscale, num_classes=num_classes)
-  model = make_model(cfg, (size, size, channels))
+  cfg = _model_cfg(name, multiscale=multiscale)
+  model = make_model(cfg, (size, size, channels), num_classes)
   x = jax.random.uniform(jax.random.key(0), (2, size, size, channels))
   y = jax.nn.one_hot(jnp.array([0, 1]), num_classes) if num_classes else None
   variables = model.init(jax.random.key(1), x, y)
@@ -65,7 +65,7 @@ def test_mlp_energy_shape():
     ("resnet128", 128, 128, 0, 27_053_700, 27e6),
 ])
 def test_parameter_counts(name, size, features, num_classes, expected, reference):
-  model = make_model(_model_cfg(name, features, num_classes=num_classes), (size, size, 3))
+  model = make_model(_model_cfg(name, features), (size, size, 3), num_classes)
   x = jnp.zeros((1, size, size, 3))
   y = jnp.zeros((1, num_classes)) if num_classes else None
   shapes = jax.eval_shape(lambda: model.init(jax.random.key(0), x, y))

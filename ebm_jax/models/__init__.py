@@ -51,8 +51,9 @@ def check_input_shape(cfg: ml_collections.ConfigDict, shape: tuple[int, ...]) ->
                          "GroupNorm(32) cannot split; use a multiple of 32 above 128 channels")
 
 
-def make_model(cfg: ml_collections.ConfigDict, shape: tuple[int, ...]):
-  """Builds the energy net for data of per-example `shape`. Returns a Flax module whose
+def make_model(cfg: ml_collections.ConfigDict, shape: tuple[int, ...], num_classes: int = 0):
+  """Builds the energy net for data of per-example `shape`; `num_classes` > 0 makes it
+  conditional (one-hot labels through FiLM). Returns a Flax module whose
   `apply(variables, x, y=None, train=False)` gives energies of shape (B, S)."""
   check_input_shape(cfg, shape)
   dtype = _DTYPES[cfg.dtype]
@@ -61,4 +62,4 @@ def make_model(cfg: ml_collections.ConfigDict, shape: tuple[int, ...]):
   if cfg.conv not in ("ws", "spectral", "plain"):
     raise ValueError(f"model.conv={cfg.conv!r} is not one of ['plain', 'spectral', 'ws']")
   return ResNetEnergy(tuple((stem, tuple(st)) for stem, st in _heads(cfg)), norm=cfg.norm,
-                      conv=cfg.conv, conditional=cfg.num_classes > 0, dtype=dtype)
+                      conv=cfg.conv, conditional=num_classes > 0, dtype=dtype)

@@ -1,0 +1,30 @@
+"""Fashion-MNIST 28x28 grey from Debian's `dataset-fashion-mnist` IDX files (offline).
+
+  sudo apt-get install dataset-fashion-mnist   # or --config.data.path=/folder/with/idx/files
+"""
+
+from configs import default
+
+
+def get_config(variant: str = ""):
+  c = default.get_config()
+  c.data.name = "fashion_mnist"
+  c.data.image_size = 28
+  c.data.channels = 1
+  c.model.name = "mnist"
+  c.model.features = 32
+  c.model.multiscale = False
+  c.model.attention = False
+  c.langevin.num_steps = 40  # paper A.2 (as CIFAR-10)
+  c.loss.kl_samples = 32  # ref §1.4 (n = 32 on mnist)
+  c.augment.flip = True  # clothes are left-right symmetric enough
+  c.augment.color_strength = 0.0  # grey images
+  c.augment.grayscale_prob = 0.0
+  c.augment.crop_scale = (0.5, 1.0)
+  c.augment.blur_kernel = 0
+  c.train.batch_size = 64
+  c.train.num_steps = 20_000
+  default.finish(c, variant)
+  if "tiny" in default.parse_variant(variant):
+    c.loss.kl_samples = 4
+  return c

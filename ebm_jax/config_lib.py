@@ -1,0 +1,95 @@
+"""Config validation before any work is done, and the user-facing error type."""
+
+from typing import Any
+
+import ml_collections
+
+from ebm_jax import buffer as buffer_lib
+
+
+class UserError(Exception):
+  """A mistake in flags, config or data that the user can fix; the CLIs print the message
+  without a traceback (pass --debug to see one)."""
+
+
+DATASETS = ("digits", "fashion_mnist", "shapes", "toy2d", "cifar10", "celeba_hq",
+            "lsun_bedroom", "mnist", "celeba")
+CHOICES = {
+    "data.name": DATASETS,
+    "model.name": ("resnet32", "resnet128", "mnist", "mlp"),
+    "model.norm": ("instance_group", "layer", "none"),
+    "model.conv": ("ws", "spectral", "plain"),
+    "model.dtype": ("float32", "bfloat16"),
+    "buffer.kind": buffer_lib.KINDS,
+    "buffer.storage": buffer_lib.STORAGES,
+}
+
+
+def _get(config: ml_collections.ConfigDict, dotted: str) -> Any:
+  node = config
+  for part in dotted.split("."):
+    node = node[part]
+  return node
+
+
+def flatten(d: Any, prefix: str = "") -> dict[str, Any]:
+  """Nested dicts/ConfigDicts -> {"a.b": value}; tuples and lists become lists (JSON-like)."""
+  if hasattr(d, "to_dict"):
+    d = d.to_dict()
+  out = {}
+  for k, v in d.items():
+    key = f"{prefix}{k}"
+    if isinstance(v, dict) or hasattr(v, "to_dict"):
+      out.update(flatten(v, key + "."))
+    else:
+      out[key] = list(v) if isinstance(v, (tuple, list)) else v
+  return out
+
+
+def validate(config: ml_collections.ConfigDict, num_devices: int = 1) -> None:
+  """Raises UserError naming the field and the allowed values for the first problem found."""
+  for field, allowed in CHOICES.items():
+    value = _get(config, field)
+    if value not in allowed:
+      raise UserError(f"config.{field}={value!r} is not allowed; choose one of {list(allowed)}")
+
+  def check(ok: bool, field: str, requirement: str):
+    if not ok:
+      raise UserError(f"config.{field}={_get(config, field)!r}: {requirement}")
+
+  t, lv, lo, bf, au = config.train, config.langevin, config.loss, config.buffer, config.augment
+  check(t.batch_size >= 1, "train.batch_size", "must be at least 1")
+  check(t.batch_size % num_devices == 0, "train.batch_size",
+        f"must be divisible by the number of devices ({num_devices})")
+  check(t.num_steps >= 0, "train.num_steps", "must be >= 0")
+  for f in ("log_every", "image_every", "checkpoint_every", "keep_every"):
+    check(t[f] >= 0, f"train.{f}", "must be >= 0 (0 = never)")
+  check(t.keep_checkpoints >= 1, "train.keep_checkpoints", "must be at least 1")
+  check(lv.num_steps >= 1, "langevin.num_steps", "must be at least 1")
+  check(lv.step_size > 0, "langevin.step_size", "must be > 0")
+  check(lv.noise_scale >= 0, "langevin.noise_scale", "must be >= 0")
+  check(lv.grad_clip >= 0, "langevin.grad_clip", "must be >= 0 (0 = off)")
+  check(0 <= lo.kl_samples <= t.batch_size, "loss.kl_samples",
+        f"must be between 0 (whole batch) and train.batch_size ({t.batch_size})")
+  check(lo.ent_num_refs >= 1, "loss.ent_num_refs", "must be at least 1")
+  check(lo.ent_eps > 0, "loss.ent_eps", "must be > 0")
+  check(bf.capacity >= 1, "buffer.capacity", "must be at least 1")
+  check(0 <= bf.noise_restart_prob <= 1, "buffer.noise_restart_prob", "must lie in [0, 1]")
+  check(len(bf.noise_range) == 2 and bf.noise_range[0] < bf.noise_range[1], "buffer.noise_range",
+        "must be (low, high) with low < high")
+  for f in ("color_prob", "grayscale_prob", "blur_prob"):
+    check(0 <= au[f] <= 1, f"augment.{f}", "must lie in [0, 1]")
+  for f in ("crop_scale", "crop_ratio", "blur_sigma"):
+    check(len(au[f]) == 2 and 0 < au[f][0] <= au[f][1], f"augment.{f}",
+          "must be (low, high) with 0 < low <= high")
+  check(au.crop_scale[1] <= 1, "augment.crop_scale", "must not exceed 1")
+  check(au.blur_kernel == 0 or au.blur_kernel % 2 == 1, "augment.blur_kernel",
+        "must be 0 (off) or an odd number of pixels")
+  check(0 <= config.optim.ema_decay < 1, "optim.ema_decay", "must lie in [0, 1)")
+  check(config.optim.learning_rate > 0, "optim.learning_rate", "must be > 0")
+  check(config.sample.num >= 1, "sample.num", "must be at least 1")
+  check(config.sample.batch_size >= 1, "sample.batch_size", "must be at least 1")
+  if config.data.name == "toy2d":
+    check(config.model.name == "mlp", "model.name", "toy2d data needs the 'mlp' energy")
+    check(config.buffer.storage == "float32", "buffer.storage",
+          "toy2d data is not 8-bit images; use 'float32'")

@@ -1,0 +1,74 @@
+"""Metric output: TensorBoard (clu writers), a JSON-lines file for notebooks and scripts, and
+clu's ReportProgress (steps/s, ETA). Only the writing process (process 0) writes anything."""
+
+import json
+import math
+import os
+
+import numpy as np
+from absl import logging
+
+METRICS_FILE = "metrics.jsonl"
+
+
+def read_jsonl(path: str) -> list[dict]:
+  with open(path) as f:
+    return [json.loads(line) for line in f if line.strip()]
+
+
+class MetricWriter:
+  """Scalars to TensorBoard and metrics.jsonl; images to TensorBoard.
+
+  On resume from step s, rows for steps > s (written after the checkpoint by a run that was
+  then interrupted) are dropped, so the file reads as one uninterrupted run.
+  """
+
+  def __init__(self, workdir: str, enabled: bool = True, start_step: int = 0,
+               num_steps: int | None = None):
+    self.enabled = enabled
+    self._clu = None
+    self._progress = None
+    self._jsonl = None
+    if not enabled:
+      return
+    # clu's writers need TensorFlow and tensorboard (STACK.md); imported here, not at the top.
+    from clu import metric_writers, periodic_actions
+    # TensorBoard only: the console gets one compact progress line from the training loop.
+    self._clu = metric_writers.AsyncWriter(metric_writers.SummaryWriter(workdir))
+    if num_steps:
+      self._progress = periodic_actions.ReportProgress(num_train_steps=num_steps,
+                                                       writer=self._clu, every_secs=60)
+    path = os.path.join(workdir, METRICS_FILE)
+    if os.path.exists(path):
+      kept = [r for r in read_jsonl(path) if r["step"] <= start_step]
+      with open(path, "w") as f:
+        f.writelines(json.dumps(r) + "\n" for r in kept)
+    self._jsonl = open(path, "a")
+
+  def report_progress(self, step: int) -> None:
+    if self._progress is not None:
+      self._progress(step)
+
+  def write_scalars(self, step: int, scalars: dict[str, float]) -> None:
+    if not self.enabled:
+      return
+    self._clu.write_scalars(step, scalars)
+    # NaN/inf are not JSON: such values are left out of the row (TensorBoard keeps them).
+    row = {k: v for k, v in scalars.items() if math.isfinite(v)}
+    self._jsonl.write(json.dumps({"step": step, **row}) + "\n")
+    self._jsonl.flush()
+
+  def write_images(self, step: int, images: dict[str, np.ndarray]) -> None:
+    if self.enabled:
+      self._clu.write_images(step, images)
+
+  def flush(self) -> None:
+    if self.enabled:
+      self._clu.flush()
+      self._jsonl.flush()
+
+  def close(self) -> None:
+    if self.enabled:
+      self._clu.close()
+      self._jsonl.close()
+      logging.info("Metrics written to %s", METRICS_FILE)

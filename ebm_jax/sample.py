@@ -1,0 +1,229 @@
+"""Sampling from a checkpoint: library functions and the `python -m ebm_jax.sample` CLI.
+
+The test-time chain (paper §2.3, ref §5) starts from uniform noise and runs
+num_blocks × (block_steps Langevin steps + one augmentation transition), then final_steps
+plain steps, with the EMA parameters. Output: a PNG grid (a scatter plot for 2-D data) and an
+.npz with the samples (and their labels for conditional models).
+
+  python -m ebm_jax.sample --workdir=runs/digits [--num=64 --steps=200 --out=DIR]
+"""
+
+import functools
+import math
+import os
+from types import SimpleNamespace
+
+import jax
+import jax.numpy as jnp
+import ml_collections
+import numpy as np
+from absl import app, flags, logging
+
+from ebm_jax import augment as augment_lib
+from ebm_jax import config_lib, langevin, models
+
+
+def make_grid(images: np.ndarray, ncol: int | None = None, pad: int = 1) -> np.ndarray:
+  """(N, H, W, C) in [0, 1] -> one (rows·(H+pad)+pad, cols·(W+pad)+pad, C) image."""
+  images = np.clip(np.asarray(images, np.float32), 0.0, 1.0)
+  n, h, w, c = images.shape
+  ncol = ncol or int(math.ceil(math.sqrt(n)))
+  nrow = int(math.ceil(n / ncol))
+  grid = np.ones((nrow * (h + pad) + pad, ncol * (w + pad) + pad, c), np.float32)
+  for i in range(n):
+    r, col = divmod(i, ncol)
+    grid[pad + r * (h + pad):pad + r * (h + pad) + h,
+         pad + col * (w + pad):pad + col * (w + pad) + w] = images[i]
+  return grid
+
+
+def save_png(grid: np.ndarray, path: str, scale: int = 1) -> None:
+  from PIL import Image
+  img = (np.clip(grid, 0, 1) * 255).round().astype(np.uint8)
+  if img.shape[-1] == 1:
+    img = img[..., 0]
+  pil = Image.fromarray(img)
+  if scale > 1:
+    pil = pil.resize((pil.width * scale, pil.height * scale), Image.NEAREST)
+  pil.save(path)
+
+
+def save_scatter(points: np.ndarray, path: str) -> None:
+  import matplotlib
+  matplotlib.use("Agg")
+  import matplotlib.pyplot as plt
+  fig, ax = plt.subplots(figsize=(4, 4))
+  ax.scatter(points[:, 0], points[:, 1], s=2, alpha=0.5)
+  ax.set_aspect("equal")
+  fig.savefig(path, dpi=100, bbox_inches="tight")
+  plt.close(fig)
+
+
+def chain_settings(config: ml_collections.ConfigDict, *, steps: int | None = None) -> dict:
+  """Test-time chain lengths and step size from config.sample; `steps` (total) overrides:
+  the last min(final_steps, steps) are plain, the rest are blocks with transitions."""
+  s = config.sample
+  num_blocks, block_steps, final_steps = s.num_blocks, s.block_steps, s.final_steps
+  if steps is not None:
+    final_steps = min(final_steps, steps)
+    num_blocks = (steps - final_steps) // max(block_steps, 1)
+    final_steps = steps - num_blocks * block_steps
+  step_size = s.step_size if s.step_size > 0 else config.langevin.step_size
+  return dict(num_blocks=num_blocks, block_steps=block_steps, final_steps=final_steps,
+              step_size=step_size)
+
+
+def generate(config: ml_collections.ConfigDict, model, variables, key: jax.Array, num: int,
+             shape: tuple[int, ...], labels: np.ndarray | None = None, *, num_blocks: int,
+             block_steps: int, final_steps: int, step_size: float,
+             augment: bool = True) -> tuple[np.ndarray, dict]:
+  """`num` samples from uniform noise by the test-time chain; runs in batches of
+  config.sample.batch_size (one compilation). Returns (samples, diagnostics per step)."""
+  lc = config.langevin
+  x_range = (0.0, 1.0) if lc.clip_x else None
+  transition = None
+  if augment and num_blocks and len(shape) == 3:
+    transition = functools.partial(augment_lib.augment_batch,
+                                   augment_lib.make_transition(config.augment))
+  batch = min(config.sample.batch_size, num)
+
+  @jax.jit
+  def run(key, y):
+    energy = lambda x: model.apply(variables, x, y)
+    kernel = langevin.build_kernel(energy, step_size, lc.grad_clip, x_range)
+    lo, hi = config.buffer.noise_range
+    x0 = jax.random.uniform(jax.random.fold_in(key, 0), (batch,) + tuple(shape),
+                            minval=lo, maxval=hi)
+    return langevin.run_test_chain(kernel, transition, jax.random.fold_in(key, 1), x0,
+                                   num_blocks=num_blocks, block_steps=block_steps,
+                                   final_steps=final_steps, noise_scale=lc.noise_scale)
+
+  out, energies, grad_norms = [], [], []
+  for i in range(0, num, batch):
+    y = None
+    if labels is not None:
+      y = np.resize(labels[i:i + batch], (batch,) + labels.shape[1:])  # pad the last batch
+    x, info = run(jax.random.fold_in(key, i), y)
+    out.append(np.asarray(x))
+    energies.append(np.asarray(info.energy))
+    grad_norms.append(np.asarray(info.grad_norm))
+  diagnostics = {"energy": np.concatenate(energies, 1)[:, :num].mean(1),
+                 "grad_norm": np.concatenate(grad_norms, 1)[:, :num].mean(1)}
+  return np.concatenate(out)[:num], diagnostics
+
+
+def default_labels(num: int, num_classes: int, label: int = -1) -> np.ndarray | None:
+  """One-hot labels: all `label`, or cycling through the classes when label < 0."""
+  if num_classes == 0:
+    return None
+  idx = np.full(num, label) if label >= 0 else np.arange(num) % num_classes
+  return np.eye(num_classes, dtype=np.float32)[idx]
+
+
+def sample_to_files(config, model, info, params, model_state, outdir: str, name: str, *,
+                    num: int | None = None, steps: int | None = None, seed: int = 0,
+                    label: int = -1, augment: bool | None = None) -> str:
+  """Generates config.sample.num samples (or `num`) and writes NAME.png and NAME.npz."""
+  os.makedirs(outdir, exist_ok=True)
+  num = num or config.sample.num
+  labels = default_labels(num, info.num_classes, label)
+  settings = chain_settings(config, steps=steps)
+  x, diag = generate(config, model, {"params": params, **model_state}, jax.random.key(seed),
+                     num, tuple(info.shape), labels,
+                     augment=config.sample.augment if augment is None else augment,
+                     **settings)
+  png = os.path.join(outdir, f"{name}.png")
+  if len(info.shape) == 3:
+    save_png(make_grid(x), png, scale=max(1, 128 // info.shape[0]))
+  else:
+    save_scatter(x, png)
+  arrays = {"samples": x, "energy_per_step": diag["energy"],
+            "grad_norm_per_step": diag["grad_norm"]}
+  if labels is not None:
+    arrays["labels"] = labels.argmax(-1)
+  np.savez_compressed(os.path.join(outdir, f"{name}.npz"), **arrays)
+  return png
+
+
+def load_for_sampling(workdir: str, step: int | None = None):
+  """(config, data_info, model, ema variables, step) from a read-only checkpoint manager."""
+  from ebm_jax import checkpoint as checkpoint_lib  # the training-free path needs only this
+  directory = checkpoint_lib.checkpoint_dir(workdir)
+  if not os.path.isdir(directory) and "://" not in directory:
+    raise config_lib.UserError(f"no checkpoint in --workdir={workdir} (no {directory}); "
+                               "train first: python -m ebm_jax.main --config=... --workdir=...")
+  ckpt = checkpoint_lib.Checkpointer(workdir, read_only=True)
+  steps = ckpt.manager.all_steps()
+  if not steps:
+    raise config_lib.UserError(f"no checkpoint in --workdir={workdir}; train first")
+  if step is not None and step not in steps:
+    raise config_lib.UserError(f"--step={step} is not among the checkpoints {sorted(steps)}")
+  step = max(steps) if step is None else step
+  saved = ckpt.restore_config(step)
+  config = ml_collections.ConfigDict(saved["config"])
+  info = SimpleNamespace(**saved["data_info"])
+  info.shape = tuple(info.shape)
+  model = models.make_model(config.model, info.shape, info.num_classes)
+  x = jnp.zeros((1,) + info.shape)
+  y = jnp.zeros((1, info.num_classes)) if info.num_classes else None
+  variables = jax.eval_shape(lambda: model.init(jax.random.key(0), x, y))
+  abstract = {"params": variables["params"],
+              "model_state": {k: v for k, v in variables.items() if k != "params"}}
+  ema = ckpt.restore_ema(abstract, step)
+  ckpt.close()
+  return config, info, model, ema, step
+
+
+FLAGS = flags.FLAGS
+
+
+def define_flags():
+  flags.DEFINE_string("workdir", None, "Training directory with checkpoints.")
+  flags.DEFINE_integer("num", None, "Number of samples (default: config.sample.num).")
+  flags.DEFINE_integer("steps", None, "Total Langevin steps (default: from config.sample).")
+  flags.DEFINE_float("step_size", None, "Langevin step size (default: the training one).")
+  flags.DEFINE_integer("block_steps", None, "Steps between augmentation transitions.")
+  flags.DEFINE_bool("augment", None, "Augmentation transitions between blocks.")
+  flags.DEFINE_integer("label", -1, "Class/attribute index for conditional models "
+                       "(-1: cycle through classes).")
+  flags.DEFINE_integer("step", None, "Checkpoint step (default: latest).")
+  flags.DEFINE_integer("seed", 0, "Sampling seed.")
+  flags.DEFINE_string("out", None, "Output folder (default: WORKDIR/samples).")
+  flags.DEFINE_bool("debug", False, "Show tracebacks for user errors.")
+
+
+def run(argv) -> None:
+  del argv
+  if not FLAGS.workdir:
+    raise config_lib.UserError("--workdir is required")
+  for name in ("num", "steps", "block_steps"):
+    value = getattr(FLAGS, name)
+    if value is not None and value < (1 if name != "steps" else 0):
+      raise config_lib.UserError(f"--{name}={value} must be positive")
+  if FLAGS.step_size is not None and FLAGS.step_size <= 0:
+    raise config_lib.UserError(f"--step_size={FLAGS.step_size} must be > 0")
+  config, info, model, ema, step = load_for_sampling(FLAGS.workdir, FLAGS.step)
+  if FLAGS.label >= max(info.num_classes, 1) or (FLAGS.label >= 0 and not info.num_classes):
+    raise config_lib.UserError(f"--label={FLAGS.label}: the model has {info.num_classes} "
+                               "classes" + (" (it is unconditional)" if not info.num_classes
+                                            else ""))
+  if FLAGS.step_size is not None:
+    config.sample.step_size = FLAGS.step_size
+  if FLAGS.block_steps is not None:
+    config.sample.block_steps = FLAGS.block_steps
+  out = FLAGS.out or os.path.join(FLAGS.workdir, "samples")
+  path = sample_to_files(config, model, info, ema["params"], ema["model_state"], out,
+                         f"sample_step{step}_seed{FLAGS.seed}", num=FLAGS.num,
+                         steps=FLAGS.steps, seed=FLAGS.seed, label=FLAGS.label,
+                         augment=FLAGS.augment)
+  print(f"wrote {path} and {path[:-4]}.npz")
+
+
+def main(argv) -> None:
+  from ebm_jax import cli
+  cli.run_guarded(lambda: run(argv))
+
+
+if __name__ == "__main__":
+  define_flags()
+  app.run(main)

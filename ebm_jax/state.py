@@ -1,0 +1,45 @@
+"""The one training-state pytree, its optimizer, and its creation (params born sharded)."""
+
+from typing import Any
+
+import flax
+import jax
+import jax.numpy as jnp
+import ml_collections
+import optax
+
+from ebm_jax import buffer as buffer_lib
+
+
+@flax.struct.dataclass
+class TrainState:
+  step: jax.Array  # int32 (): optimizer steps taken
+  params: Any
+  ema_params: Any  # exponential moving average of params, used for sampling (paper §3.1)
+  opt_state: Any
+  buffer: buffer_lib.Buffer  # replay buffer of past negatives; checkpointed (ref §7.1.8)
+  model_state: Any  # non-trained collections, e.g. {"spectral": power-iteration vectors}
+
+
+def make_optimizer(cfg: ml_collections.ConfigDict) -> optax.GradientTransformation:
+  """Global-norm clip, then Adam (ref §4: clip 0.5, Adam(2e-4, β=(0, 0.9), eps=1e-8))."""
+  adam = optax.adam(cfg.learning_rate, b1=cfg.b1, b2=cfg.b2, eps=cfg.eps)
+  if cfg.grad_clip_norm > 0:
+    return optax.chain(optax.clip_by_global_norm(cfg.grad_clip_norm), adam)
+  return adam
+
+
+def create(config: ml_collections.ConfigDict, model, shape: tuple[int, ...], num_classes: int,
+           key: jax.Array, tx: optax.GradientTransformation) -> TrainState:
+  """Initial state for data of per-example `shape` (call under jit for sharded creation)."""
+  x = jnp.zeros((1,) + tuple(shape), jnp.float32)
+  y = jnp.zeros((1, num_classes), jnp.float32) if num_classes else None
+  variables = model.init(key, x, y)
+  params = variables["params"]
+  model_state = {k: v for k, v in variables.items() if k != "params"}
+  return TrainState(
+      step=jnp.zeros((), jnp.int32), params=params,
+      ema_params=jax.tree.map(jnp.copy, params),  # EMA starts as a copy (ref §4)
+      opt_state=tx.init(params),
+      buffer=buffer_lib.init(config.buffer.capacity, shape, config.buffer.storage),
+      model_state=model_state)

@@ -1,0 +1,306 @@
+"""The training step (DESIGN.md's algorithm) and the training loop.
+
+One step, with θ the parameters and every random number from fold_in(seed key, step):
+  1. x⁺ = dequantised data; x₀ = buffer draws put through one augmentation transition, each
+     replaced by U(noise_range) noise with probability p (all noise while the buffer is empty);
+  2. K Langevin steps on sg(θ), keeping x̃_{K−1} for the KL sample;
+  3. x_K goes into the buffer; L_ent's comparison set is then drawn from it (ref §1.7);
+  4. loss and gradient (losses.icd_loss), global-norm clip + Adam, EMA.
+"""
+
+import functools
+import json
+import os
+import time
+from typing import Any
+
+import jax
+import jax.numpy as jnp
+import ml_collections
+import numpy as np
+import optax
+from absl import logging
+
+from ebm_jax import augment as augment_lib
+from ebm_jax import buffer as buffer_lib
+from ebm_jax import checkpoint as checkpoint_lib
+from ebm_jax import config_lib
+from ebm_jax import data as data_lib
+from ebm_jax import langevin, losses, models, sample as sample_lib, sharding
+from ebm_jax import state as state_lib
+from ebm_jax.metrics import MetricWriter
+
+NUM_GRID = 64  # negatives returned per step for image summaries
+
+
+class DivergenceError(RuntimeError):
+  """Training produced non-finite values or energies beyond train.max_abs_energy."""
+
+
+def energy_fn(model):
+  """energy(params, model_state, x, y) -> (B, S), with no state updates."""
+  def energy(params, model_state, x, y=None):
+    return model.apply({"params": params, **model_state}, x, y)
+  return energy
+
+
+def seed_keys(seed: int) -> tuple[jax.Array, jax.Array]:
+  """(init key, step key): step s draws everything from fold_in(step key, s), so a resumed
+  run replays exactly the random numbers an uninterrupted run would have used."""
+  init_key, step_key = jax.random.split(jax.random.key(seed))
+  return init_key, step_key
+
+
+def dequantize(key: jax.Array, images: jax.Array, levels: int) -> jax.Array:
+  """Integer levels -> [0, 1): (q + U(0,1)) / levels (ref §1.1: pixel/256 + U(0, 1/256))."""
+  if levels == 0:  # float data (2-D densities)
+    return images.astype(jnp.float32)
+  return (images.astype(jnp.float32) + jax.random.uniform(key, images.shape)) / levels
+
+
+def should_run(step: int, every: int, last_step: int) -> bool:
+  """One predicate for log / checkpoint / image steps: every `every` steps and the last."""
+  return every > 0 and (step % every == 0 or step == last_step)
+
+
+def make_train_step(config: ml_collections.ConfigDict, model, info: data_lib.DatasetInfo,
+                    tx: optax.GradientTransformation, mesh=None):
+  """Returns the pure step(state, batch) -> (state, metrics, negatives[:NUM_GRID])."""
+  lc, bc, tc = config.langevin, config.buffer, config.train
+  energy = energy_fn(model)
+  transition = augment_lib.make_transition(config.augment) if bc.augment else None
+  x_range = (0.0, 1.0) if lc.clip_x else None
+  batch_size = tc.batch_size
+  n_kl = config.loss.kl_samples or batch_size
+  conditional = info.num_classes > 0
+  spectral = config.model.conv == "spectral"
+
+  def constrain(x):
+    # Keep per-sample work (chain, augmentation) split over the batch axis of the mesh.
+    if mesh is None:
+      return x
+    return jax.lax.with_sharding_constraint(x, sharding.batch_sharded(mesh))
+
+  def train_step(state: state_lib.TrainState, batch: dict[str, jax.Array]):
+    key = jax.random.fold_in(seed_keys(config.seed)[1], state.step)
+    (k_deq, k_draw, k_aug, k_restart, k_noise, k_chain, k_add, k_refs,
+     k_refs_aug) = jax.random.split(key, 9)
+    x_pos = dequantize(k_deq, batch["image"], info.levels)
+    y = batch["label"] if conditional else None
+
+    model_state = state.model_state
+    if spectral:  # one power iteration per step, on the data batch (IGEBM spectral norm)
+      _, model_state = model.apply({"params": state.params, **model_state}, x_pos, y,
+                                   train=True, mutable=list(model_state))
+    params_sg = jax.lax.stop_gradient(state.params)  # the chain never carries θ-gradients
+
+    # 1. chain starts: buffer draws, one augmentation transition, noise restarts
+    x0 = buffer_lib.sample(state.buffer, k_draw, batch_size)
+    if transition is not None:
+      x0 = augment_lib.augment_batch(transition, k_aug, constrain(x0))
+    lo, hi = bc.noise_range
+    noise = jax.random.uniform(k_noise, x0.shape, minval=lo, maxval=hi)
+    restart = ((jax.random.uniform(k_restart, (batch_size,)) < bc.noise_restart_prob)
+               | (state.buffer.size == 0))
+    x0 = constrain(jnp.where(restart.reshape((-1,) + (1,) * (x0.ndim - 1)), noise, x0))
+
+    # 2. K Langevin steps
+    kernel = langevin.build_kernel(lambda x: energy(params_sg, model_state, x, y),
+                                   lc.step_size, lc.grad_clip, x_range)
+    final, infos = langevin.run_chain(kernel, k_chain, x0, lc.num_steps, lc.noise_scale,
+                                      lc.anneal_noise)
+    x_neg = final.x
+
+    # 3. reservoir add, then the entropy comparison set from the updated buffer
+    new_buffer = buffer_lib.add(state.buffer, k_add, x_neg, bc.kind)
+    refs = buffer_lib.sample(new_buffer, k_refs, config.loss.ent_num_refs)
+    if transition is not None:
+      refs = augment_lib.augment_batch(transition, k_refs_aug, refs)
+    ent_active = new_buffer.size > config.loss.ent_min_buffer
+
+    # 4. loss, update, EMA
+    kl = losses.KLInputs(x_noised=final.x_noised[:n_kl], x0=x0[:n_kl], chain_key=k_chain,
+                         labels=None if y is None else y[:n_kl])
+    loss_fn = functools.partial(
+        losses.icd_loss, energy=lambda p, x, yy: energy(p, model_state, x, yy),
+        x_pos=x_pos, y_pos=y, x_neg=x_neg, y_neg=y, kl=kl, ent_refs=refs,
+        ent_active=ent_active, cfg=config)
+    (loss, aux), grads = jax.value_and_grad(loss_fn, has_aux=True)(state.params)
+    updates, opt_state = tx.update(grads, state.opt_state, state.params)
+    params = optax.apply_updates(state.params, updates)
+    ema = optax.incremental_update(params, state.ema_params, 1.0 - config.optim.ema_decay)
+
+    e_pos, e_neg = aux["e_pos"].mean(), aux["e_neg"].mean()
+    metrics = {
+        "loss": loss, "loss_cd": aux["cd"], "loss_reg": aux["reg"], "loss_opt": aux["opt"],
+        "loss_ent": aux["ent"], "loss_kl": aux["kl"],
+        "energy_pos": e_pos, "energy_neg": e_neg, "energy_gap": e_pos - e_neg,
+        "energy_pos_std": aux["e_pos"].mean(-1).std(),
+        "energy_neg_std": aux["e_neg"].mean(-1).std(),
+        "langevin_grad_norm": infos.grad_norm[-1].mean(),
+        "langevin_energy_start": infos.energy[0].mean(),
+        "langevin_energy_end": infos.energy[-1].mean(),
+        "restart_fraction": restart.mean(),
+        "buffer_fill": new_buffer.size / bc.capacity,
+        "entropy_active": ent_active.astype(jnp.float32),
+        "grad_norm": optax.global_norm(grads),
+        "update_norm": optax.global_norm(updates),
+        "param_norm": optax.global_norm(params),
+    }
+    metrics["finite"] = jnp.isfinite(loss) & jnp.isfinite(metrics["grad_norm"])
+    new_state = state.replace(step=state.step + 1, params=params, ema_params=ema,
+                              opt_state=opt_state, buffer=new_buffer, model_state=model_state)
+    return new_state, metrics, x_neg[:NUM_GRID]
+
+  return train_step
+
+
+def _user_errors(fn, *args, **kwargs):
+  """Turns library ValueErrors about the config into UserErrors (no traceback for users)."""
+  try:
+    return fn(*args, **kwargs)
+  except ValueError as e:
+    raise config_lib.UserError(str(e)) from e
+
+
+def _check_workdir(workdir: str) -> None:
+  if "://" in workdir:  # gs:// and friends: orbax and clu write there themselves
+    return
+  try:
+    os.makedirs(workdir, exist_ok=True)
+    probe = os.path.join(workdir, ".write_test")
+    with open(probe, "w") as f:
+      f.write("ok")
+    os.remove(probe)
+  except OSError as e:
+    raise config_lib.UserError(f"--workdir={workdir} is not writable: {e.strerror}") from e
+
+
+class Setup:
+  """What both training and tests need: dataset info, model, mesh, optimizer, the step."""
+
+  def __init__(self, config: ml_collections.ConfigDict, devices=None):
+    self.config = config
+    self.mesh = sharding.make_mesh(devices)
+    config_lib.validate(config, self.mesh.size)
+    self.info = data_lib.get_info(config.data)
+    self.model = _user_errors(models.make_model, config.model, self.info.shape,
+                              self.info.num_classes)
+    self.tx = state_lib.make_optimizer(config.optim)
+    self.init_fn = functools.partial(state_lib.create, config, self.model, self.info.shape,
+                                     self.info.num_classes, tx=self.tx)
+    self.abstract_state = jax.eval_shape(self.init_fn, jax.random.key(0))
+    rep = sharding.replicated(self.mesh)
+    self.state_sharding = jax.tree.map(lambda _: rep, self.abstract_state)
+    self.batch_sharding = {"image": sharding.batch_sharded(self.mesh),
+                           "label": sharding.batch_sharded(self.mesh)}
+    self.step_fn = jax.jit(
+        make_train_step(config, self.model, self.info, self.tx, self.mesh),
+        in_shardings=(self.state_sharding, self.batch_sharding),
+        out_shardings=(self.state_sharding, rep, sharding.batch_sharded(self.mesh)),
+        donate_argnums=0)
+
+  def init_state(self) -> state_lib.TrainState:
+    """Parameters are born with their sharding (jit with out_shardings)."""
+    return jax.jit(self.init_fn, out_shardings=self.state_sharding)(
+        seed_keys(self.config.seed)[0])
+
+  def stream(self, start_step: int):
+    local_batch = self.config.train.batch_size // jax.process_count()
+    return data_lib.make_stream(self.config.data, batch_size=local_batch,
+                                seed=self.config.seed, start_step=start_step,
+                                process_index=jax.process_index(),
+                                process_count=jax.process_count())
+
+  def global_batch(self, host_batch: dict[str, np.ndarray]) -> dict[str, jax.Array]:
+    return sharding.host_to_global(host_batch, self.mesh)
+
+
+def _check_metrics(m: dict[str, Any], step: int, last_ok: int, bound: float) -> None:
+  if not bool(m["finite"]):
+    raise DivergenceError(
+        f"the loss or its gradient became non-finite between step {last_ok + 1} and step "
+        f"{step}; the last checkpoint before step {last_ok + 1} is intact. Lower "
+        "optim.learning_rate or langevin.step_size, or resume with another seed.")
+  if abs(float(m["energy_pos"])) > bound:
+    raise DivergenceError(
+        f"|mean E(x+)| = {abs(float(m['energy_pos'])):.3g} exceeds train.max_abs_energy="
+        f"{bound:g} at step {step} (finite up to step {last_ok}).")
+
+
+def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str, devices=None):
+  """Trains (or resumes) in workdir; returns the final TrainState."""
+  if "://" not in workdir:
+    workdir = os.path.abspath(workdir)
+  _check_workdir(workdir)
+  setup = Setup(config, devices)
+  tc = config.train
+  ckpt = checkpoint_lib.Checkpointer(workdir, config, setup.info)
+  state = ckpt.restore_state(setup.abstract_state, setup.state_sharding)
+  if state is None:
+    state = setup.init_state()
+    logging.info("Starting from scratch in %s", workdir)
+  start = int(state.step)
+  if start:
+    logging.info("Resumed from step %d in %s", start, workdir)
+  is_main = jax.process_index() == 0
+  writer = MetricWriter(workdir, enabled=is_main, start_step=start, num_steps=tc.num_steps)
+  if is_main and start == 0:
+    with open(os.path.join(workdir, "config.json"), "w") as f:
+      json.dump(config.to_dict(), f, indent=2, default=list)
+  logging.info("Data %s %s, %d classes; model %s with %d parameters; %d device(s)",
+               config.data.name, setup.info.shape, setup.info.num_classes, config.model.name,
+               sum(x.size for x in jax.tree.leaves(state.params)), setup.mesh.size)
+
+  stream = setup.stream(start)
+  last_ok, t_last, s_last = start, time.time(), start
+  t_start = time.time()
+  for step in range(start + 1, tc.num_steps + 1):
+    batch = setup.global_batch(next(stream))
+    state, metrics, negatives = setup.step_fn(state, batch)
+    writer.report_progress(step)
+    if step == start + 1:
+      jax.block_until_ready(metrics)
+      logging.info("First step (compilation included) took %.1f s", time.time() - t_start)
+      t_last, s_last = time.time(), step
+    log_now = should_run(step, tc.log_every, tc.num_steps)
+    ckpt_now = should_run(step, tc.checkpoint_every, tc.num_steps)
+    if log_now or ckpt_now:
+      m = jax.device_get(metrics)
+      _check_metrics(m, step, last_ok, tc.max_abs_energy)
+      last_ok = step
+      now = time.time()
+      rate = (step - s_last) / max(now - t_last, 1e-9) if step > s_last else float("nan")
+      if log_now:
+        scalars = {k: float(v) for k, v in m.items() if k != "finite"}
+        scalars["perf/steps_per_sec"] = rate
+        writer.write_scalars(step, scalars)
+        eta = (tc.num_steps - step) / rate if rate == rate and rate > 0 else float("nan")
+        logging.info("step %d/%d | loss %.4f | E+ %.4f E- %.4f | KL %.4f | %.2f steps/s | "
+                     "ETA %s", step, tc.num_steps, scalars["loss"], scalars["energy_pos"],
+                     scalars["energy_neg"], scalars["loss_kl"], rate, _fmt_eta(eta))
+      t_last, s_last = now, step
+    if should_run(step, tc.image_every, tc.num_steps) and len(setup.info.shape) == 3:
+      writer.write_images(step, {"negatives": sample_lib.make_grid(
+          np.asarray(jax.device_get(negatives)))[None]})
+    if ckpt_now:
+      ckpt.save(step, state)
+  ckpt.save(int(state.step), state)  # no-op if this step is already saved
+  ckpt.wait()
+  writer.flush()
+  if is_main and tc.num_steps > start:
+    path = sample_lib.sample_to_files(config, setup.model, setup.info, state.ema_params,
+                                      state.model_state, os.path.join(workdir, "samples"),
+                                      f"step_{int(state.step)}")
+    logging.info("Samples from the EMA parameters: %s", path)
+  ckpt.close()
+  writer.close()
+  return state
+
+
+def _fmt_eta(seconds: float) -> str:
+  if seconds != seconds:
+    return "?"
+  m, s = divmod(int(seconds), 60)
+  h, m = divmod(m, 60)
+  return f"{h}h{m:02d}m" if h else f"{m}m{s:02d}s"

@@ -40,6 +40,9 @@ def get_config(variant: str = "") -> ml_collections.ConfigDict:
   c.model.name = "resnet32"
   c.model.features = 64  # F, base width; paper Fig. 11a (CIFAR-10) uses 64, Fig. 11b uses 128
   c.model.multiscale = True  # energies at full, 1/2 and 1/4 resolution -> (B, 3); paper §2.4, A.1
+  # How the 1/2 and 1/4 heads are cut from the full net: "code" keeps the first levels (ref
+  # §3.2-3.3; the reference's 6.6 M / 27 M parameters), "paper" drops them (A.1 read literally).
+  c.model.multiscale_layout = "code"
   c.model.attention = True  # SAGAN self-attention block; paper §3.1 ("we add self-attention")
   # Normalisation inside residual blocks: "instance_group" = InstanceNorm up to 128 channels and
   # GroupNorm(32) above (ref §3.1), "layer", or "none".

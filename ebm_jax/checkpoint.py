@@ -38,6 +38,29 @@ def config_differences(saved: dict, current: dict) -> list[str]:
           for k in sorted(set(a) | set(b)) if a.get(k) != b.get(k)]
 
 
+def _leaf_table(tree) -> dict[str, tuple[tuple[int, ...], str]]:
+  """{"a/b/c": (shape, dtype)} over a tree of arrays, array metadata or ShapeDtypeStructs;
+  dict keys and dataclass/NamedTuple fields read alike, so saved and live trees compare."""
+  def name(entry):
+    for attr in ("key", "name", "idx"):
+      if hasattr(entry, attr):
+        return str(getattr(entry, attr))
+    return str(entry)
+  return {"/".join(name(e) for e in path): (tuple(leaf.shape), str(leaf.dtype))
+          for path, leaf in jax.tree_util.tree_flatten_with_path(tree)[0]}
+
+
+def array_differences(saved, current) -> list[str]:
+  """Lines naming every array whose presence, shape or dtype differs between two trees."""
+  a, b = _leaf_table(saved), _leaf_table(current)
+  out = []
+  for k in sorted(set(a) | set(b)):
+    if a.get(k) != b.get(k):
+      fmt = lambda v: "absent" if v is None else f"{v[1]}{list(v[0])}"
+      out.append(f"{k}: {fmt(a.get(k))} in the checkpoint, {fmt(b.get(k))} now")
+  return out
+
+
 class Checkpointer:
 
   def __init__(self, workdir: str, config: ml_collections.ConfigDict | None = None,
@@ -50,8 +73,12 @@ class Checkpointer:
         max_to_keep=train.keep_checkpoints if train else None,
         keep_period=(train.keep_every or None) if train else None,
         create=not read_only, read_only=read_only, enable_async_checkpointing=not read_only)
-    self.manager = ocp.CheckpointManager(self.directory, options=options,
-                                         item_names=("state", "ema", "config"))
+    # Handlers named up front, so item metadata (shapes, dtypes) can be read before a restore.
+    self.manager = ocp.CheckpointManager(
+        self.directory, options=options,
+        item_handlers={"state": ocp.StandardCheckpointHandler(),
+                       "ema": ocp.StandardCheckpointHandler(),
+                       "config": ocp.JsonCheckpointHandler()})
 
   def latest_step(self) -> int | None:
     return self.manager.latest_step()
@@ -89,16 +116,18 @@ class Checkpointer:
     target = jax.tree.map(
         lambda a, s: jax.ShapeDtypeStruct(a.shape, a.dtype, sharding=s), abstract_state,
         shardings)
-    try:
-      restored = self.manager.restore(step, args=ocp.args.Composite(
-          state=ocp.args.StandardRestore(target))).state
-    except (ValueError, KeyError, TypeError) as e:
+    # Shapes are compared from the checkpoint's metadata before anything is read: a restore
+    # that fails half-way leaves orbax's reader threads behind, which print tracebacks at exit.
+    arrays = array_differences(self.manager.item_metadata(step)["state"], abstract_state)
+    if arrays:
       shape_diffs = [d for d in diffs if d.startswith(SHAPE_FIELDS)] or diffs
       raise config_lib.UserError(
           f"the checkpoint at step {step} in {self.directory} does not fit the current "
           "config; fields that differ:\n  " + "\n  ".join(shape_diffs or ["(none found)"])
-          + f"\nUse a new --workdir, or the checkpoint's config.\n(orbax: {str(e)[:300]})"
-      ) from e
+          + "\nUse a new --workdir, or the checkpoint's config. Arrays that differ:\n  "
+          + "\n  ".join(arrays[:5]) + ("\n  ..." if len(arrays) > 5 else ""))
+    restored = self.manager.restore(step, args=ocp.args.Composite(
+        state=ocp.args.StandardRestore(target))).state
     if diffs:
       logging.warning("Resuming step %d with config changes:\n  %s", step, "\n  ".join(diffs))
     return restored

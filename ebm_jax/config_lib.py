@@ -18,6 +18,7 @@ CHOICES = {
     "data.name": DATASETS,
     "model.name": ("resnet32", "resnet128", "mnist", "mlp"),
     "model.norm": ("instance_group", "layer", "none"),
+    "model.multiscale_layout": ("code", "paper"),
     "model.conv": ("ws", "spectral", "plain"),
     "model.dtype": ("float32", "bfloat16"),
     "buffer.kind": buffer_lib.KINDS,
@@ -44,6 +45,30 @@ def flatten(d: Any, prefix: str = "") -> dict[str, Any]:
     else:
       out[key] = list(v) if isinstance(v, (tuple, list)) else v
   return out
+
+
+def with_defaults(saved: dict) -> ml_collections.ConfigDict:
+  """A config saved with a checkpoint, as a ConfigDict with every field the code now reads:
+  fields added since the checkpoint was written take their configs/default.py values (when
+  the `configs` folder is importable, e.g. from the repository root); JSON lists go back to
+  tuples where the field is a tuple."""
+  try:
+    from configs import default  # pylint: disable=g-import-not-at-top
+  except ImportError:
+    return ml_collections.ConfigDict(saved)
+  base = default.get_config()
+
+  def merge(node: ml_collections.ConfigDict, values: dict) -> None:
+    for k, v in values.items():
+      if k not in node:  # a field this version no longer has: keep it, nothing reads it
+        node[k] = v
+      elif isinstance(v, dict) and isinstance(node[k], ml_collections.ConfigDict):
+        merge(node[k], v)
+      else:
+        node[k] = tuple(v) if isinstance(v, list) and isinstance(node[k], tuple) else v
+
+  merge(base, saved)
+  return base
 
 
 def validate(config: ml_collections.ConfigDict, num_devices: int = 1) -> None:

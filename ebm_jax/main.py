@@ -22,15 +22,16 @@ def main(argv) -> None:
     raise app.UsageError(f"unexpected arguments: {argv[1:]}")
 
   def run():
+    config = cli.load_config_flag()
     if not FLAGS.workdir:
       raise config_lib.UserError("--workdir is required, e.g. --workdir=runs/digits")
     logging.info("JAX %s on %d process(es), devices: %s", jax.__version__,
                  jax.process_count(), jax.devices())
-    train.train_and_evaluate(FLAGS.config, FLAGS.workdir)
+    train.train_and_evaluate(config, FLAGS.workdir)
 
   cli.run_guarded(run)
 
 
 if __name__ == "__main__":
   flags.mark_flags_as_required(["config"])
-  app.run(main)
+  app.run(main, flags_parser=cli.parse_flags)

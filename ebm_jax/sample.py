@@ -160,7 +160,7 @@ def load_for_sampling(workdir: str, step: int | None = None):
     raise config_lib.UserError(f"--step={step} is not among the checkpoints {sorted(steps)}")
   step = max(steps) if step is None else step
   saved = ckpt.restore_config(step)
-  config = ml_collections.ConfigDict(saved["config"])
+  config = config_lib.with_defaults(saved["config"])
   info = SimpleNamespace(**saved["data_info"])
   info.shape = tuple(info.shape)
   model = models.make_model(config.model, info.shape, info.num_classes)
@@ -226,4 +226,5 @@ def main(argv) -> None:
 
 if __name__ == "__main__":
   define_flags()
-  app.run(main)
+  from ebm_jax import cli
+  app.run(main, flags_parser=cli.parse_flags)

@@ -4,16 +4,21 @@ import jax.numpy as jnp
 import ml_collections
 
 from ebm_jax.models.layers import SPECTRAL
-from ebm_jax.models.nets import (ARCHITECTURES, ATTN, MLPEnergy, ResNetEnergy)
+from ebm_jax.models.nets import (ARCHITECTURES, ATTN, MLPEnergy, ResNetEnergy, paper_heads)
 
 __all__ = ["SPECTRAL", "make_model", "check_input_shape", "num_heads"]
 
 _DTYPES = {"float32": jnp.float32, "bfloat16": jnp.bfloat16}
 
 
+MULTISCALE_LAYOUTS = ("code", "paper")
+
+
 def _heads(cfg: ml_collections.ConfigDict):
   heads = ARCHITECTURES[cfg.name](cfg.features, cfg.attention)
-  return heads if cfg.multiscale else heads[:1]
+  if not cfg.multiscale:
+    return heads[:1]
+  return paper_heads(heads) if cfg.multiscale_layout == "paper" else heads
 
 
 def num_heads(cfg: ml_collections.ConfigDict) -> int:
@@ -25,6 +30,9 @@ def check_input_shape(cfg: ml_collections.ConfigDict, shape: tuple[int, ...]) ->
   known = sorted(ARCHITECTURES) + ["mlp"]
   if cfg.name not in known:
     raise ValueError(f"model.name={cfg.name!r} is not one of {known}")
+  if cfg.multiscale_layout not in MULTISCALE_LAYOUTS:
+    raise ValueError(f"model.multiscale_layout={cfg.multiscale_layout!r} is not one of "
+                     f"{list(MULTISCALE_LAYOUTS)}")
   if cfg.dtype not in _DTYPES:
     raise ValueError(f"model.dtype={cfg.dtype!r} is not one of {sorted(_DTYPES)}")
   if cfg.name == "mlp":

@@ -7,8 +7,10 @@ Architectures are written as a stem width plus a list of stages, so the half- an
 resolution heads are visibly the full net with its deepest levels removed, which is what the
 authors' code builds (ref §3.2-3.3) and what the parameter counts of the paper's models
 (≈ 6.6 M for CIFAR-10, ≈ 27 M for CelebA-128) correspond to. The paper's appendix A.1 words it
-as removing the *first* downsampling levels; read that way the CIFAR-10 model would have about
-twice the parameters, so we follow the code.
+as removing the *first* downsampling levels ("all layers before and including the first
+down-sampled residual block removed"); read that way the CIFAR-10 model has about twice the
+parameters. Both are here: `model.multiscale_layout = "code"` (default, the reference's
+counts) or `"paper"` (A.1 read literally, `paper_heads`).
 """
 
 from typing import Any, Sequence
@@ -52,6 +54,20 @@ def mnist_heads(f: int, attention: bool) -> list[tuple[int, list[Stage]]]:
   """MNIST net, ref §3.4: three downsampling blocks, single scale, no attention."""
   del attention
   return [(f, [(f, True, True), (2 * f, True, True), (4 * f, True, True)])]
+
+
+def paper_heads(heads: list[tuple[int, list[Stage]]]) -> list[tuple[int, list[Stage]]]:
+  """The paper's A.1 reading of the multiscale heads: the k-th extra head is the full-resolution
+  net with every layer up to and including its k-th downsampling block removed, and a new stem
+  conv to the channels that block put out (the input is an image again)."""
+  stem, stages = heads[0]
+  out = [(stem, list(stages))]
+  downs = [i for i, s in enumerate(stages) if s != ATTN and s[1]]
+  for k in range(1, len(heads)):
+    i = downs[k - 1]
+    features, _, rescale = stages[i]
+    out.append((2 * features if rescale else features, list(stages[i + 1:])))
+  return out
 
 
 ARCHITECTURES = {"resnet32": resnet32_heads, "resnet128": resnet128_heads,

@@ -61,6 +61,9 @@ def get_config(variant: str = "") -> ml_collections.ConfigDict:
   c.langevin.anneal_noise = False  # sigma_k = sigma (K-k)/K; ref §1.3 `anneal`, off by default
   c.langevin.grad_clip = 0.0  # elementwise clip of grad_x E (IGEBM proj_norm 0.01); 0 = off, paper §3.1
   c.langevin.clip_x = True  # clamp samples to [0, 1] after each step (ref §1.3); False for 2-D data
+  # Chain steps unrolled per lax.scan iteration (K = all). Same numbers either way; XLA:CPU runs
+  # unrolled steps faster (STACK.md), compile time grows with the unrolled length.
+  c.langevin.unroll = 1
 
   # ---------------------------------------------------------------- losses
   c.loss = ml_collections.ConfigDict()
@@ -118,7 +121,25 @@ def get_config(variant: str = "") -> ml_collections.ConfigDict:
   c.train.checkpoint_every = 1000  # ref §4 save_interval
   c.train.keep_checkpoints = 2  # latest checkpoints kept ...
   c.train.keep_every = 10_000  # ... plus a permanent one every keep_every steps (0 = none)
-  c.train.max_abs_energy = 1e4  # stop if |mean E(x+)| exceeds this (ref §4 aborts at 10)
+
+  # ---------------------------------------------------------------- divergence guard
+  # Checked on device every step; on a trip the loop rolls back to the last good checkpoint and
+  # continues with a new key stream (ref §4 instead aborts when |mean E(x+)| > 10 or NaN).
+  c.guard = ml_collections.ConfigDict()
+  c.guard.enabled = True  # False: a trip stops the run at once (exit code 3), no rollback
+  c.guard.max_abs_energy = 1e4  # bound on |mean E(x+)|; the reference aborts above 10 (ref §4)
+  c.guard.max_energy_gap = 1e4  # bound on |mean E(x+) - mean E(x-)| (paper Fig. 9: divergence)
+  c.guard.patience = 1  # consecutive steps beyond a bound before the guard trips (NaN: at once)
+  c.guard.max_recoveries = 3  # rollbacks allowed within `window` steps before giving up
+  c.guard.window = 10_000  # steps
+  c.guard.lr_factor = 1.0  # learning rate multiplied by this at each rollback (1 = unchanged)
+
+  # ---------------------------------------------------------------- fault injection (tests)
+  c.debug = ml_collections.ConfigDict()
+  c.debug.inject_nan_at_step = 0  # step whose data batch is made NaN (0 = never)
+  c.debug.inject_nan_times = 1  # ... while fewer than this many rollbacks have happened
+  c.debug.signal_at_step = 0  # after dispatching this step, the process signals itself (0 = never)
+  c.debug.signal = "TERM"  # TERM, INT or KILL
 
   # ---------------------------------------------------------------- test-time sampling
   c.sample = ml_collections.ConfigDict()

@@ -11,12 +11,14 @@ so a sampler restores `ema` and `config` from a read-only manager without touchi
 
 import dataclasses
 import os
+import time
 from typing import Any
 
 import jax
 import ml_collections
 import orbax.checkpoint as ocp
 from absl import logging
+from etils import epath
 
 from ebm_jax import config_lib
 
@@ -105,34 +107,79 @@ class Checkpointer:
     return self.manager.restore(step, args=ocp.args.Composite(
         config=ocp.args.JsonRestore())).config
 
-  def restore_state(self, abstract_state, shardings) -> Any | None:
-    """The latest TrainState with the given shardings, or None if there is no checkpoint.
-    A checkpoint written with an incompatible config raises UserError naming the fields."""
-    step = self.latest_step()
-    if step is None:
+  def restore_state(self, abstract_state, shardings, *, quiet: bool = False) -> Any | None:
+    """The latest readable TrainState with the given shardings; None if there is no checkpoint.
+
+    A checkpoint that cannot be read (cut off mid-write, truncated or damaged on disk) is
+    reported and skipped in favour of the one before it, and moved to WORKDIR/corrupt_checkpoints
+    so that training can write that step again. When no checkpoint can be read at all, nothing
+    is moved and UserError is raised: a workdir with checkpoints never silently starts over.
+    A checkpoint written with an incompatible config raises UserError naming the fields.
+    """
+    steps = sorted(self.manager.all_steps(), reverse=True)
+    if not steps:
       return None
-    saved = self.restore_config(step)["config"]
-    diffs = config_differences(saved, self.config.to_dict())
     target = jax.tree.map(
         lambda a, s: jax.ShapeDtypeStruct(a.shape, a.dtype, sharding=s), abstract_state,
         shardings)
-    # Shapes are compared from the checkpoint's metadata before anything is read: a restore
-    # that fails half-way leaves orbax's reader threads behind, which print tracebacks at exit.
-    arrays = array_differences(self.manager.item_metadata(step)["state"], abstract_state)
+    unreadable = []
+    for step in steps:
+      try:
+        saved = self.restore_config(step)["config"]
+        metadata = self.manager.item_metadata(step)["state"]
+      except Exception as e:  # pylint: disable=broad-except  (any damage: try the previous one)
+        unreadable.append((step, e))
+        continue
+      # Shapes are compared from the metadata before anything is read: a restore that fails
+      # half-way leaves orbax's reader threads behind, which print tracebacks at exit.
+      self._check_fits(step, saved, metadata, abstract_state)
+      try:
+        restored = self.manager.restore(step, args=ocp.args.Composite(
+            state=ocp.args.StandardRestore(target))).state
+      except Exception as e:  # pylint: disable=broad-except
+        unreadable.append((step, e))
+        continue
+      for bad, error in unreadable:
+        moved = self._set_aside(bad)
+        logging.warning("The checkpoint at step %d could not be read (%s: %s); it was moved to "
+                        "%s and training resumes from step %d.", bad, type(error).__name__,
+                        _first_line(error), moved, step)
+      if not quiet:
+        diffs = config_differences(saved, self.config.to_dict())
+        if diffs:
+          logging.warning("Resuming step %d with config changes:\n  %s", step,
+                          "\n  ".join(diffs))
+      return restored
+    raise config_lib.UserError(
+        f"none of the checkpoints in {self.directory} can be read (steps "
+        f"{[s for s, _ in unreadable]}; the latest fails with {type(unreadable[0][1]).__name__}: "
+        f"{_first_line(unreadable[0][1])}). Move the folder away to start from scratch.")
+
+  def _check_fits(self, step: int, saved: dict, metadata, abstract_state) -> None:
+    arrays = array_differences(metadata, abstract_state)
     if arrays:
+      diffs = config_differences(saved, self.config.to_dict())
       shape_diffs = [d for d in diffs if d.startswith(SHAPE_FIELDS)] or diffs
       raise config_lib.UserError(
           f"the checkpoint at step {step} in {self.directory} does not fit the current "
           "config; fields that differ:\n  " + "\n  ".join(shape_diffs or ["(none found)"])
           + "\nUse a new --workdir, or the checkpoint's config. Arrays that differ:\n  "
           + "\n  ".join(arrays[:5]) + ("\n  ..." if len(arrays) > 5 else ""))
-    restored = self.manager.restore(step, args=ocp.args.Composite(
-        state=ocp.args.StandardRestore(target))).state
-    if diffs:
-      logging.warning("Resuming step %d with config changes:\n  %s", step, "\n  ".join(diffs))
-    return restored
+
+  def _set_aside(self, step: int) -> str:
+    """Moves an unreadable step out of the manager's folder (kept for inspection)."""
+    target = epath.Path(self.directory).parent / "corrupt_checkpoints" / f"{step}_{int(time.time())}"
+    target.parent.mkdir(parents=True, exist_ok=True)
+    (epath.Path(self.directory) / str(step)).rename(target)
+    self.manager.reload()
+    return str(target)
 
   def restore_ema(self, abstract_ema, step: int | None = None):
     step = self.latest_step() if step is None else step
     return self.manager.restore(step, args=ocp.args.Composite(
         ema=ocp.args.StandardRestore(abstract_ema))).ema
+
+
+def _first_line(e: BaseException) -> str:
+  text = str(e).strip()
+  return text.splitlines()[0][:300] if text else type(e).__name__

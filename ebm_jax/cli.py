@@ -1,5 +1,10 @@
 """What every command-line entry point shares: quiet library logs, and user errors printed as
-one line without a traceback (exit code 2; 3 when training diverged). --debug shows them."""
+one line without a traceback. --debug shows the traceback.
+
+Exit codes: 0 done, or stopped by SIGTERM/SIGINT after writing a checkpoint (rerun to continue);
+2 a mistake in flags, config or data (EXIT_USER_ERROR); 3 training diverged more often than
+the divergence guard allows (EXIT_DIVERGED).
+"""
 
 import logging as py_logging
 import sys

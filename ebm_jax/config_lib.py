@@ -23,6 +23,7 @@ CHOICES = {
     "model.dtype": ("float32", "bfloat16"),
     "buffer.kind": buffer_lib.KINDS,
     "buffer.storage": buffer_lib.STORAGES,
+    "debug.signal": ("TERM", "INT", "KILL"),
 }
 
 
@@ -94,6 +95,7 @@ def validate(config: ml_collections.ConfigDict, num_devices: int = 1) -> None:
   check(lv.step_size > 0, "langevin.step_size", "must be > 0")
   check(lv.noise_scale >= 0, "langevin.noise_scale", "must be >= 0")
   check(lv.grad_clip >= 0, "langevin.grad_clip", "must be >= 0 (0 = off)")
+  check(lv.unroll >= 1, "langevin.unroll", "must be at least 1 (steps per loop iteration)")
   check(0 <= lo.kl_samples <= t.batch_size, "loss.kl_samples",
         f"must be between 0 (whole batch) and train.batch_size ({t.batch_size})")
   check(lo.ent_num_refs >= 1, "loss.ent_num_refs", "must be at least 1")
@@ -110,6 +112,15 @@ def validate(config: ml_collections.ConfigDict, num_devices: int = 1) -> None:
   check(au.crop_scale[1] <= 1, "augment.crop_scale", "must not exceed 1")
   check(au.blur_kernel == 0 or au.blur_kernel % 2 == 1, "augment.blur_kernel",
         "must be 0 (off) or an odd number of pixels")
+  g, d = config.guard, config.debug
+  check(g.max_abs_energy > 0, "guard.max_abs_energy", "must be > 0")
+  check(g.max_energy_gap > 0, "guard.max_energy_gap", "must be > 0")
+  check(g.patience >= 1, "guard.patience", "must be at least 1")
+  check(g.max_recoveries >= 0, "guard.max_recoveries", "must be >= 0")
+  check(g.window >= 1, "guard.window", "must be at least 1 step")
+  check(0 < g.lr_factor <= 1, "guard.lr_factor", "must lie in (0, 1]")
+  check(d.inject_nan_at_step >= 0, "debug.inject_nan_at_step", "must be >= 0 (0 = never)")
+  check(d.signal_at_step >= 0, "debug.signal_at_step", "must be >= 0 (0 = never)")
   check(0 <= config.optim.ema_decay < 1, "optim.ema_decay", "must lie in [0, 1)")
   check(config.optim.learning_rate > 0, "optim.learning_rate", "must be > 0")
   check(config.sample.num >= 1, "sample.num", "must be at least 1")

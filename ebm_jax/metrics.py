@@ -20,7 +20,8 @@ class MetricWriter:
   """Scalars to TensorBoard and metrics.jsonl; images to TensorBoard.
 
   On resume from step s, rows for steps > s (written after the checkpoint by a run that was
-  then interrupted) are dropped, so the file reads as one uninterrupted run.
+  then interrupted) are dropped, so the file reads as one uninterrupted run. Event rows (a
+  divergence-guard rollback: {"step", "event", ...}) are always kept.
   """
 
   def __init__(self, workdir: str, enabled: bool = True, start_step: int = 0,
@@ -38,12 +39,26 @@ class MetricWriter:
     if num_steps:
       self._progress = periodic_actions.ReportProgress(num_train_steps=num_steps,
                                                        writer=self._clu, every_secs=60)
-    path = os.path.join(workdir, METRICS_FILE)
-    if os.path.exists(path):
-      kept = [r for r in read_jsonl(path) if r["step"] <= start_step]
-      with open(path, "w") as f:
+    self._path = os.path.join(workdir, METRICS_FILE)
+    self._truncate(start_step)
+    self._jsonl = open(self._path, "a")
+
+  def _truncate(self, step: int) -> None:
+    """Drops the scalar rows of steps after `step`."""
+    if os.path.exists(self._path):
+      kept = [r for r in read_jsonl(self._path) if r["step"] <= step or "event" in r]
+      with open(self._path, "w") as f:
         f.writelines(json.dumps(r) + "\n" for r in kept)
-    self._jsonl = open(path, "a")
+
+  def rollback(self, step: int, event: dict) -> None:
+    """Training went back to `step`: drop later scalar rows, record why (an event row)."""
+    if not self.enabled:
+      return
+    self._jsonl.close()
+    self._truncate(step)
+    self._jsonl = open(self._path, "a")
+    self._jsonl.write(json.dumps({"step": event.get("trip_step", step), **event}) + "\n")
+    self._jsonl.flush()
 
   def report_progress(self, step: int) -> None:
     if self._progress is not None:

@@ -1,6 +1,6 @@
 """The one training-state pytree, its optimizer, and its creation (params born sharded)."""
 
-from typing import Any
+from typing import Any, NamedTuple
 
 import flax
 import jax
@@ -11,6 +11,24 @@ import optax
 from ebm_jax import buffer as buffer_lib
 
 
+# Why the divergence guard tripped (GuardState.cause).
+GUARD_OK, GUARD_NONFINITE, GUARD_ENERGY = 0, 1, 2
+GUARD_CAUSES = {GUARD_NONFINITE: "non-finite loss, energy or gradient",
+                GUARD_ENERGY: "energies beyond guard.max_abs_energy / guard.max_energy_gap"}
+
+
+class GuardState(NamedTuple):
+  """What the on-device divergence guard has seen since the last rollback (train.guard_update)."""
+  over_count: jax.Array  # int32 (): consecutive steps with energies beyond the bounds
+  cause: jax.Array  # int32 (): GUARD_OK, or the first cause seen (sticky until a rollback)
+  trip_step: jax.Array  # int32 (): the step at which it tripped (0 when it has not)
+
+
+def guard_init() -> GuardState:
+  # Three separate arrays: the step donates the state, and a buffer may be donated only once.
+  return GuardState(*(jnp.zeros((), jnp.int32) for _ in range(3)))
+
+
 @flax.struct.dataclass
 class TrainState:
   step: jax.Array  # int32 (): optimizer steps taken
@@ -19,6 +37,9 @@ class TrainState:
   opt_state: Any
   buffer: buffer_lib.Buffer  # replay buffer of past negatives; checkpointed (ref §7.1.8)
   model_state: Any  # non-trained collections, e.g. {"spectral": power-iteration vectors}
+  recoveries: jax.Array  # int32 (): rollbacks so far; folded into every step key
+  lr_scale: jax.Array  # float32 (): learning-rate multiplier (guard.lr_factor per rollback)
+  guard: GuardState
 
 
 def make_optimizer(cfg: ml_collections.ConfigDict) -> optax.GradientTransformation:
@@ -42,4 +63,5 @@ def create(config: ml_collections.ConfigDict, model, shape: tuple[int, ...], num
       ema_params=jax.tree.map(jnp.copy, params),  # EMA starts as a copy (ref §4)
       opt_state=tx.init(params),
       buffer=buffer_lib.init(config.buffer.capacity, shape, config.buffer.storage),
-      model_state=model_state)
+      model_state=model_state, recoveries=jnp.zeros((), jnp.int32),
+      lr_scale=jnp.ones((), jnp.float32), guard=guard_init())

@@ -11,8 +11,9 @@ One step, with θ the parameters and every random number from fold_in(seed key, 
 import functools
 import json
 import os
+import signal
+import threading
 import time
-from typing import Any
 
 import jax
 import jax.numpy as jnp
@@ -34,7 +35,7 @@ NUM_GRID = 64  # negatives returned per step for image summaries
 
 
 class DivergenceError(RuntimeError):
-  """Training produced non-finite values or energies beyond train.max_abs_energy."""
+  """The divergence guard tripped more often than guard.max_recoveries allows (or is off)."""
 
 
 def energy_fn(model):
@@ -63,6 +64,25 @@ def should_run(step: int, every: int, last_step: int) -> bool:
   return every > 0 and (step % every == 0 or step == last_step)
 
 
+def guard_update(guard: state_lib.GuardState, metrics: dict[str, jax.Array], step: jax.Array,
+                 cfg: ml_collections.ConfigDict) -> state_lib.GuardState:
+  """The on-device divergence check of one step. The first cause seen sticks until the loop
+  reads it (at log / checkpoint steps) and rolls back, so no step goes unchecked and the
+  step itself never waits for the host."""
+  finite = (metrics["finite"] & jnp.isfinite(metrics["energy_pos"])
+            & jnp.isfinite(metrics["energy_neg"]))
+  over = ((jnp.abs(metrics["energy_pos"]) > cfg.max_abs_energy)
+          | (jnp.abs(metrics["energy_gap"]) > cfg.max_energy_gap))
+  over_count = jnp.where(over, guard.over_count + 1, 0).astype(jnp.int32)
+  cause = jnp.where(~finite, state_lib.GUARD_NONFINITE,
+                    jnp.where(over_count >= cfg.patience, state_lib.GUARD_ENERGY,
+                              state_lib.GUARD_OK)).astype(jnp.int32)
+  first = (guard.cause == state_lib.GUARD_OK) & (cause != state_lib.GUARD_OK)
+  return state_lib.GuardState(over_count=over_count,
+                              cause=jnp.where(first, cause, guard.cause),
+                              trip_step=jnp.where(first, step, guard.trip_step))
+
+
 def make_train_step(config: ml_collections.ConfigDict, model, info: data_lib.DatasetInfo,
                     tx: optax.GradientTransformation, mesh=None):
   """Returns the pure step(state, batch) -> (state, metrics, negatives[:NUM_GRID])."""
@@ -74,6 +94,7 @@ def make_train_step(config: ml_collections.ConfigDict, model, info: data_lib.Dat
   n_kl = config.loss.kl_samples or batch_size
   conditional = info.num_classes > 0
   spectral = config.model.conv == "spectral"
+  inject_at = config.debug.inject_nan_at_step
 
   def constrain(x):
     # Keep per-sample work (chain, augmentation) split over the batch axis of the mesh.
@@ -82,10 +103,16 @@ def make_train_step(config: ml_collections.ConfigDict, model, info: data_lib.Dat
     return jax.lax.with_sharding_constraint(x, sharding.batch_sharded(mesh))
 
   def train_step(state: state_lib.TrainState, batch: dict[str, jax.Array]):
-    key = jax.random.fold_in(seed_keys(config.seed)[1], state.step)
+    # The rollback counter is folded in first: after a rollback the same steps draw new numbers.
+    key = jax.random.fold_in(jax.random.fold_in(seed_keys(config.seed)[1], state.recoveries),
+                             state.step)
     (k_deq, k_draw, k_aug, k_restart, k_noise, k_chain, k_add, k_refs,
      k_refs_aug) = jax.random.split(key, 9)
     x_pos = dequantize(k_deq, batch["image"], info.levels)
+    if inject_at > 0:  # fault injection for tests (debug.*): a NaN data batch at one step
+      inject = ((state.step + 1 == inject_at)
+                & (state.recoveries < config.debug.inject_nan_times))
+      x_pos = jnp.where(inject, jnp.nan, x_pos)
     y = batch["label"] if conditional else None
 
     model_state = state.model_state
@@ -108,7 +135,7 @@ def make_train_step(config: ml_collections.ConfigDict, model, info: data_lib.Dat
     kernel = langevin.build_kernel(lambda x: energy(params_sg, model_state, x, y),
                                    lc.step_size, lc.grad_clip, x_range)
     final, infos = langevin.run_chain(kernel, k_chain, x0, lc.num_steps, lc.noise_scale,
-                                      lc.anneal_noise)
+                                      lc.anneal_noise, unroll=lc.unroll)
     x_neg = final.x
 
     # 3. reservoir add, then the entropy comparison set from the updated buffer
@@ -127,6 +154,7 @@ def make_train_step(config: ml_collections.ConfigDict, model, info: data_lib.Dat
         ent_active=ent_active, cfg=config)
     (loss, aux), grads = jax.value_and_grad(loss_fn, has_aux=True)(state.params)
     updates, opt_state = tx.update(grads, state.opt_state, state.params)
+    updates = jax.tree.map(lambda u: u * state.lr_scale, updates)  # guard.lr_factor^rollbacks
     params = optax.apply_updates(state.params, updates)
     ema = optax.incremental_update(params, state.ema_params, 1.0 - config.optim.ema_decay)
 
@@ -143,13 +171,15 @@ def make_train_step(config: ml_collections.ConfigDict, model, info: data_lib.Dat
         "restart_fraction": restart.mean(),
         "buffer_fill": new_buffer.size / bc.capacity,
         "entropy_active": ent_active.astype(jnp.float32),
-        "grad_norm": optax.global_norm(grads),
-        "update_norm": optax.global_norm(updates),
-        "param_norm": optax.global_norm(params),
+        "grad_norm": optax.tree_utils.tree_norm(grads),
+        "update_norm": optax.tree_utils.tree_norm(updates),
+        "param_norm": optax.tree_utils.tree_norm(params),
     }
     metrics["finite"] = jnp.isfinite(loss) & jnp.isfinite(metrics["grad_norm"])
+    guard = guard_update(state.guard, metrics, state.step + 1, config.guard)
     new_state = state.replace(step=state.step + 1, params=params, ema_params=ema,
-                              opt_state=opt_state, buffer=new_buffer, model_state=model_state)
+                              opt_state=opt_state, buffer=new_buffer, model_state=model_state,
+                              guard=guard)
     return new_state, metrics, x_neg[:NUM_GRID]
 
   return train_step
@@ -216,20 +246,91 @@ class Setup:
     return sharding.host_to_global(host_batch, self.mesh)
 
 
-def _check_metrics(m: dict[str, Any], step: int, last_ok: int, bound: float) -> None:
-  if not bool(m["finite"]):
-    raise DivergenceError(
-        f"the loss or its gradient became non-finite between step {last_ok + 1} and step "
-        f"{step}; the last checkpoint before step {last_ok + 1} is intact. Lower "
-        "optim.learning_rate or langevin.step_size, or resume with another seed.")
-  if abs(float(m["energy_pos"])) > bound:
-    raise DivergenceError(
-        f"|mean E(x+)| = {abs(float(m['energy_pos'])):.3g} exceeds train.max_abs_energy="
-        f"{bound:g} at step {step} (finite up to step {last_ok}).")
+class StopRequest:
+  """SIGTERM / SIGINT handling for preemption: the first signal asks the loop to finish the
+  current step, checkpoint and return; a second SIGINT interrupts at once. Handlers are only
+  installed from the main thread and are restored on exit."""
+
+  SIGNALS = (signal.SIGTERM, signal.SIGINT)
+
+  def __init__(self):
+    self.signum: int | None = None
+    self._previous = {}
+
+  def __enter__(self):
+    if threading.current_thread() is threading.main_thread():
+      self._previous = {s: signal.signal(s, self._handle) for s in self.SIGNALS}
+    return self
+
+  def __exit__(self, *exc):
+    for s, handler in self._previous.items():
+      signal.signal(s, handler)
+
+  def _handle(self, signum, frame):
+    del frame
+    if self.signum is not None and signum == signal.SIGINT:
+      raise KeyboardInterrupt
+    self.signum = signum
+    logging.warning("Received %s: finishing this step, writing a checkpoint, then exiting "
+                    "(rerun the same command to continue).", signal.Signals(signum).name)
+
+  @property
+  def requested(self) -> bool:
+    return self.signum is not None
+
+
+class _Recovery:
+  """Host side of the divergence guard: decides between rollback and giving up."""
+
+  def __init__(self, cfg: ml_collections.ConfigDict):
+    self.cfg = cfg
+    self.trips: list[int] = []  # steps at which the guard tripped, this process
+
+  def check(self, cause: int, trip_step: int, last_good: int, directory: str) -> None:
+    """Raises DivergenceError when the guard is off or the rollback budget is spent."""
+    what = state_lib.GUARD_CAUSES[cause]
+    self.trips = [s for s in self.trips if s > trip_step - self.cfg.window] + [trip_step]
+    if not self.cfg.enabled:
+      raise DivergenceError(
+          f"{what} at step {trip_step}; the divergence guard is off (guard.enabled=False). The "
+          f"last good checkpoint is step {last_good} in {directory}.")
+    if len(self.trips) > self.cfg.max_recoveries:
+      raise DivergenceError(
+          f"{what} at step {trip_step}, the {len(self.trips)}th divergence within "
+          f"guard.window={self.cfg.window} steps (guard.max_recoveries="
+          f"{self.cfg.max_recoveries}); giving up. The last good checkpoint is step {last_good} "
+          f"in {directory}. Lower optim.learning_rate or langevin.step_size, set "
+          "guard.lr_factor below 1, or raise guard.max_recoveries.")
+
+
+def _rollback(setup: Setup, ckpt: checkpoint_lib.Checkpointer, bad: state_lib.TrainState,
+              lr_factor: float) -> state_lib.TrainState:
+  """The last good checkpoint (or the initial state) with one more rollback counted."""
+  ckpt.wait()
+  state = ckpt.restore_state(setup.abstract_state, setup.state_sharding, quiet=True)
+  if state is None:
+    state = setup.init_state()
+  rep = sharding.replicated(setup.mesh)
+  return state.replace(
+      recoveries=jax.device_put(bad.recoveries + 1, rep),
+      lr_scale=jax.device_put(bad.lr_scale * lr_factor, rep),
+      guard=jax.device_put(state_lib.guard_init(), rep))
+
+
+def _debug_signal(config: ml_collections.ConfigDict, step: int, state) -> None:
+  """Fault injection for tests: the process signals itself after a chosen step."""
+  if config.debug.signal_at_step and step == config.debug.signal_at_step:
+    jax.block_until_ready(state)
+    os.kill(os.getpid(), getattr(signal, f"SIG{config.debug.signal}"))
 
 
 def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str, devices=None):
-  """Trains (or resumes) in workdir; returns the final TrainState."""
+  """Trains (or resumes) in workdir; returns the final TrainState.
+
+  Returns early, after writing a checkpoint, when SIGTERM or SIGINT arrives (preemption): the
+  returned state's step is then below train.num_steps and the same call resumes. Raises
+  DivergenceError when the divergence guard gives up.
+  """
   if "://" not in workdir:
     workdir = os.path.abspath(workdir)
   _check_workdir(workdir)
@@ -252,43 +353,70 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str, devices=
                config.data.name, setup.info.shape, setup.info.num_classes, config.model.name,
                sum(x.size for x in jax.tree.leaves(state.params)), setup.mesh.size)
 
-  stream = setup.stream(start)
-  last_ok, t_last, s_last = start, time.time(), start
-  t_start = time.time()
-  for step in range(start + 1, tc.num_steps + 1):
-    batch = setup.global_batch(next(stream))
-    state, metrics, negatives = setup.step_fn(state, batch)
-    writer.report_progress(step)
-    if step == start + 1:
-      jax.block_until_ready(metrics)
-      logging.info("First step (compilation included) took %.1f s", time.time() - t_start)
-      t_last, s_last = time.time(), step
-    log_now = should_run(step, tc.log_every, tc.num_steps)
-    ckpt_now = should_run(step, tc.checkpoint_every, tc.num_steps)
-    if log_now or ckpt_now:
-      m = jax.device_get(metrics)
-      _check_metrics(m, step, last_ok, tc.max_abs_energy)
-      last_ok = step
-      now = time.time()
-      rate = (step - s_last) / max(now - t_last, 1e-9) if step > s_last else float("nan")
-      if log_now:
-        scalars = {k: float(v) for k, v in m.items() if k != "finite"}
-        scalars["perf/steps_per_sec"] = rate
-        writer.write_scalars(step, scalars)
-        eta = (tc.num_steps - step) / rate if rate == rate and rate > 0 else float("nan")
-        logging.info("step %d/%d | loss %.4f | E+ %.4f E- %.4f | KL %.4f | %.2f steps/s | "
-                     "ETA %s", step, tc.num_steps, scalars["loss"], scalars["energy_pos"],
-                     scalars["energy_neg"], scalars["loss_kl"], rate, _fmt_eta(eta))
-      t_last, s_last = now, step
-    if should_run(step, tc.image_every, tc.num_steps) and len(setup.info.shape) == 3:
-      writer.write_images(step, {"negatives": sample_lib.make_grid(
-          np.asarray(jax.device_get(negatives)))[None]})
-    if ckpt_now:
-      ckpt.save(step, state)
-  ckpt.save(int(state.step), state)  # no-op if this step is already saved
+  recovery = _Recovery(config.guard)
+  step = start
+  last_saved = ckpt.latest_step() or 0
+  stream = setup.stream(step)
+  t_last, s_last, t_start = time.time(), step, time.time()
+  with StopRequest() as stop:
+    while step < tc.num_steps:
+      step += 1
+      batch = setup.global_batch(next(stream))
+      state, metrics, negatives = setup.step_fn(state, batch)
+      writer.report_progress(step)
+      _debug_signal(config, step, state)
+      if t_start is not None:
+        jax.block_until_ready(metrics)
+        logging.info("First step (compilation included) took %.1f s", time.time() - t_start)
+        t_last, s_last, t_start = time.time(), step, None
+      log_now = should_run(step, tc.log_every, tc.num_steps)
+      ckpt_now = should_run(step, tc.checkpoint_every, tc.num_steps) or stop.requested
+      if log_now or ckpt_now:
+        # The one host sync: the guard has checked every step since the last one on device.
+        m, guard = jax.device_get((metrics, state.guard))
+        if guard.cause != state_lib.GUARD_OK:
+          recovery.check(int(guard.cause), int(guard.trip_step), last_saved, ckpt.directory)
+          state = _rollback(setup, ckpt, state, config.guard.lr_factor)
+          event = {"event": "rollback", "cause": state_lib.GUARD_CAUSES[int(guard.cause)],
+                   "trip_step": int(guard.trip_step), "detected_step": step,
+                   "resumed_from_step": int(state.step), "recoveries": int(state.recoveries),
+                   "lr_scale": float(state.lr_scale)}
+          logging.warning("Divergence guard: %s at step %d (seen at step %d); rolled back to "
+                          "step %d, rollback %d, learning-rate scale %g.", event["cause"],
+                          event["trip_step"], step, event["resumed_from_step"],
+                          event["recoveries"], event["lr_scale"])
+          writer.rollback(int(state.step), event)
+          step = s_last = int(state.step)
+          stream = setup.stream(step)
+          t_last = time.time()
+          if stop.requested:  # the state rolled back to is a checkpoint already
+            break
+          continue
+        now = time.time()
+        rate = (step - s_last) / max(now - t_last, 1e-9) if step > s_last else float("nan")
+        if log_now:
+          scalars = {k: float(v) for k, v in m.items() if k != "finite"}
+          scalars["perf/steps_per_sec"] = rate
+          writer.write_scalars(step, scalars)
+          eta = (tc.num_steps - step) / rate if rate == rate and rate > 0 else float("nan")
+          logging.info("step %d/%d | loss %.4f | E+ %.4f E- %.4f | KL %.4f | %.2f steps/s | "
+                       "ETA %s", step, tc.num_steps, scalars["loss"], scalars["energy_pos"],
+                       scalars["energy_neg"], scalars["loss_kl"], rate, _fmt_eta(eta))
+        t_last, s_last = now, step
+      if should_run(step, tc.image_every, tc.num_steps) and len(setup.info.shape) == 3:
+        writer.write_images(step, {"negatives": sample_lib.make_grid(
+            np.asarray(jax.device_get(negatives)))[None]})
+      if ckpt_now:  # only reached with a clean guard: every checkpoint is a good one
+        ckpt.save(step, state)
+        last_saved = step
+      if stop.requested:
+        break
   ckpt.wait()
   writer.flush()
-  if is_main and tc.num_steps > start:
+  if stop.requested:
+    logging.warning("Stopped at step %d by %s; checkpoint written. Rerun the same command to "
+                    "continue.", step, signal.Signals(stop.signum).name)
+  elif is_main and tc.num_steps > start:
     path = sample_lib.sample_to_files(config, setup.model, setup.info, state.ema_params,
                                       state.model_state, os.path.join(workdir, "samples"),
                                       f"step_{int(state.step)}")

@@ -1,0 +1,102 @@
+"""Shared pieces of the benchmark scripts: config loading, timing, cost analysis, JSON."""
+
+import json
+import os
+import resource
+import statistics
+import sys
+import time
+from typing import Any, Callable
+
+import jax
+from absl import flags
+from ml_collections import config_flags
+
+# Dense peak TFLOP/s (no sparsity) per device, from the vendors' data sheets.
+PEAK_TFLOPS = {
+    "H100": {"bfloat16": 989.0, "float32": 494.0},  # SXM; float32 = TF32 tensor cores
+    "H200": {"bfloat16": 989.0, "float32": 494.0},
+    "A100": {"bfloat16": 312.0, "float32": 156.0},
+    "TPU v4": {"bfloat16": 275.0, "float32": 275.0},
+    "TPU v5 lite": {"bfloat16": 197.0, "float32": 197.0},  # v5e
+}
+
+
+def define_flags() -> None:
+  """--config (with --config.FIELD=VALUE overrides: train.batch_size, langevin.num_steps,
+  model.dtype for precision, ...), --repeats, --warmup, --out."""
+  config_flags.DEFINE_config_file("config", None, "Config file, e.g. configs/cifar10.py[:tiny]",
+                                  lock_config=True)
+  flags.DEFINE_integer("repeats", 5, "Timed calls; the median is reported.")
+  flags.DEFINE_integer("warmup", 1, "Untimed calls after the compiling one.")
+  flags.DEFINE_string("out", "", "Also write the JSON to this file.")
+  flags.DEFINE_bool("debug", False, "Show tracebacks for user errors.")
+  flags.mark_flags_as_required(["config"])
+
+
+def timed(fn: Callable[[], Any], repeats: int, warmup: int) -> tuple[float, list[float]]:
+  """(first-call seconds, incl. compilation; list of timed-call seconds)."""
+  t = time.perf_counter()
+  jax.block_until_ready(fn())
+  first = time.perf_counter() - t
+  for _ in range(warmup):
+    jax.block_until_ready(fn())
+  times = []
+  for _ in range(repeats):
+    t = time.perf_counter()
+    jax.block_until_ready(fn())
+    times.append(time.perf_counter() - t)
+  return first, times
+
+
+def flops_of(compiled) -> float:
+  """FLOPs of one call from XLA's cost analysis (nan where the backend gives none)."""
+  try:
+    cost = compiled.cost_analysis()
+  except Exception:  # pylint: disable=broad-except
+    return float("nan")
+  if isinstance(cost, (list, tuple)):
+    cost = cost[0] if cost else {}
+  return float((cost or {}).get("flops", float("nan")))
+
+
+def device_info() -> dict[str, Any]:
+  d = jax.devices()[0]
+  return {"device_kind": d.device_kind, "platform": d.platform, "device_count": jax.device_count(),
+          "process_count": jax.process_count(), "cpu_count": os.cpu_count()}
+
+
+def peak_tflops(precision: str) -> float | None:
+  kind = jax.devices()[0].device_kind
+  for name, peaks in PEAK_TFLOPS.items():
+    if name.lower() in kind.lower():
+      return peaks[precision] * jax.device_count()
+  return None
+
+
+def memory_info() -> dict[str, Any]:
+  out = {"peak_rss_mib": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024}
+  stats = jax.devices()[0].memory_stats() if jax.devices()[0].platform != "cpu" else None
+  if stats and "peak_bytes_in_use" in stats:
+    out["peak_device_memory_mib"] = stats["peak_bytes_in_use"] / 2**20
+  return out
+
+
+def versions() -> dict[str, str]:
+  import flax  # pylint: disable=import-outside-toplevel
+  import jaxlib  # pylint: disable=import-outside-toplevel
+  return {"jax": jax.__version__, "jaxlib": jaxlib.__version__, "flax": flax.__version__,
+          "python": sys.version.split()[0]}
+
+
+def summary(times: list[float]) -> dict[str, float]:
+  return {"median": statistics.median(times), "min": min(times), "max": max(times),
+          "n": len(times)}
+
+
+def emit(result: dict[str, Any], out: str) -> None:
+  text = json.dumps(result, indent=2, sort_keys=True)
+  print(text)
+  if out:
+    with open(out, "w") as f:
+      f.write(text + "\n")

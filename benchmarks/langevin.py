@@ -1,0 +1,73 @@
+"""Times the training-time Langevin chain alone (K steps on B chains, no loss, no update) for a
+config; prints one JSON object.
+
+  python -m benchmarks.langevin --config=configs/cifar10.py \
+      --config.train.batch_size=32 --config.langevin.num_steps=40 [--config.langevin.unroll=40]
+
+One Langevin step is one forward and one input-gradient pass of the energy net over the batch,
+the sampler's whole cost, which dominates a training iteration (reference description §6).
+Compilation is timed apart; run it on an otherwise idle machine.
+"""
+
+import time
+
+import jax
+import jax.numpy as jnp
+from absl import app, flags
+
+from benchmarks import common
+from ebm_jax import cli, langevin, train
+
+FLAGS = flags.FLAGS
+common.define_flags()
+
+
+def run() -> dict:
+  config = cli.load_config_flag()
+  setup = train.Setup(config)
+  state = setup.init_state()
+  lc = config.langevin
+  b, k = config.train.batch_size, lc.num_steps
+  x_range = (0.0, 1.0) if lc.clip_x else None
+  energy = train.energy_fn(setup.model)
+  num_classes = setup.info.num_classes
+  y = jnp.zeros((b, num_classes), jnp.float32).at[:, 0].set(1.0) if num_classes else None
+
+  def chain(params, model_state, key, x0):
+    kernel = langevin.build_kernel(lambda x: energy(params, model_state, x, y), lc.step_size,
+                                   lc.grad_clip, x_range)
+    final, infos = langevin.run_chain(kernel, key, x0, k, lc.noise_scale, lc.anneal_noise,
+                                      unroll=lc.unroll)
+    return final.x, infos.grad_norm[-1].mean()
+
+  x0 = jax.random.uniform(jax.random.key(1), (b,) + tuple(setup.info.shape))
+  args = (state.params, state.model_state, jax.random.key(2), x0)
+  t = time.perf_counter()
+  compiled = jax.jit(chain).lower(*args).compile()
+  compile_s = time.perf_counter() - t
+  first_s, times = common.timed(lambda: compiled(*args), FLAGS.repeats, FLAGS.warmup)
+  med = common.summary(times)["median"]
+  flops = common.flops_of(compiled)
+  peak = common.peak_tflops(config.model.dtype)
+  achieved = flops / med / 1e12
+  return {
+      "benchmark": "langevin", "data": config.data.name, "model": config.model.name,
+      "features": config.model.features, "multiscale": config.model.multiscale,
+      "attention": config.model.attention, "batch_size": b, "langevin_steps": k,
+      "langevin_unroll": lc.unroll, "precision": config.model.dtype,
+      "compile_s": compile_s, "first_call_after_compile_s": first_s,
+      "chain_s": common.summary(times), "langevin_steps_per_s": k / med,
+      "seconds_per_langevin_step": med / k, "flops_per_chain": flops,
+      "achieved_tflops": achieved, "peak_tflops": peak,
+      "mfu": achieved / peak if peak else None,
+      **common.device_info(), **common.memory_info(), "versions": common.versions(),
+  }
+
+
+def main(argv) -> None:
+  del argv
+  cli.run_guarded(lambda: common.emit(run(), FLAGS.out))
+
+
+if __name__ == "__main__":
+  app.run(main, flags_parser=cli.parse_flags)

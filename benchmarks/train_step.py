@@ -1,0 +1,69 @@
+"""Times one training iteration (the jitted train step) of a config; prints one JSON object.
+
+  python -m benchmarks.train_step --config=configs/cifar10.py \
+      --config.train.batch_size=16 --config.langevin.num_steps=40 [--config.model.dtype=bfloat16]
+
+Compilation is timed apart (lower + compile); the step is then called `--warmup` times untimed
+and `--repeats` times timed with `block_until_ready`, threading the donated state through.
+Run it on an otherwise idle machine.
+"""
+
+import time
+
+import jax
+import numpy as np
+from absl import app, flags
+
+from benchmarks import common
+from ebm_jax import cli, train
+
+FLAGS = flags.FLAGS
+common.define_flags()
+
+
+def run() -> dict:
+  config = cli.load_config_flag()
+  setup = train.Setup(config)
+  state = setup.init_state()
+  batch = setup.global_batch(next(setup.stream(0)))
+  t = time.perf_counter()
+  compiled = setup.step_fn.lower(state, batch).compile()
+  compile_s = time.perf_counter() - t
+  holder = {"state": state}
+
+  def call():
+    holder["state"], metrics, _ = compiled(holder["state"], batch)
+    return metrics
+
+  first_s, times = common.timed(call, FLAGS.repeats, FLAGS.warmup)
+  finite = bool(np.asarray(call()["finite"]))
+  b, k = config.train.batch_size, config.langevin.num_steps
+  med = float(np.median(times))
+  flops = common.flops_of(compiled)
+  precision = config.model.dtype
+  peak = common.peak_tflops(precision)
+  achieved = flops / med / 1e12
+  return {
+      "benchmark": "train_step", "config": FLAGS["config"].config_filename if hasattr(
+          FLAGS["config"], "config_filename") else str(FLAGS["config"].value.data.name),
+      "data": config.data.name, "model": config.model.name, "features": config.model.features,
+      "multiscale": config.model.multiscale, "attention": config.model.attention,
+      "batch_size": b, "langevin_steps": k, "kl_samples": config.loss.kl_samples or b,
+      "precision": precision, "langevin_unroll": config.langevin.unroll,
+      "num_params": int(sum(x.size for x in jax.tree.leaves(state.params))),
+      "compile_s": compile_s, "first_call_after_compile_s": first_s,
+      "step_s": common.summary(times), "images_per_s": b / med,
+      "langevin_steps_per_s": k / med, "flops_per_step": flops,
+      "achieved_tflops": achieved, "peak_tflops": peak,
+      "mfu": achieved / peak if peak else None, "loss_finite": finite,
+      **common.device_info(), **common.memory_info(), "versions": common.versions(),
+  }
+
+
+def main(argv) -> None:
+  del argv
+  cli.run_guarded(lambda: common.emit(run(), FLAGS.out))
+
+
+if __name__ == "__main__":
+  app.run(main, flags_parser=cli.parse_flags)

@@ -1,0 +1,203 @@
+"""Training that survives faults, injected on tiny configs (no sleeps): divergence rollbacks,
+SIGTERM/SIGINT preemption, SIGKILL, truncated checkpoints."""
+
+import glob
+import logging
+import os
+import subprocess
+import sys
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+
+from configs import digits
+from ebm_jax import checkpoint, cli, state as state_lib, train
+from ebm_jax.metrics import METRICS_FILE, read_jsonl
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+NUM_STEPS = 6
+
+
+def _config(**overrides):
+  c = digits.get_config("tiny")
+  c.train.num_steps = NUM_STEPS
+  c.train.checkpoint_every = 2
+  c.train.log_every = 1
+  for dotted, value in overrides.items():
+    group, field = dotted.split("__")
+    c[group][field] = value
+  return c
+
+
+def _flags(**overrides):
+  return [f"--config.{k.replace('__', '.')}={v}" for k, v in overrides.items()]
+
+
+@pytest.fixture(scope="module")
+def uninterrupted(tmp_path_factory):
+  """The reference: the same run with no fault, in one go."""
+  return jax.device_get(train.train_and_evaluate(
+      _config(), str(tmp_path_factory.mktemp("uninterrupted"))))
+
+
+def _assert_same_state(a, b):
+  for field in ("step", "params", "ema_params", "opt_state", "buffer", "model_state"):
+    la, lb = jax.tree.leaves(getattr(a, field)), jax.tree.leaves(getattr(b, field))
+    assert len(la) == len(lb) and all(np.array_equal(np.asarray(x), np.asarray(y))
+                                      for x, y in zip(la, lb)), field
+
+
+def _final_state(workdir):
+  """The state of the latest checkpoint in workdir."""
+  setup = train.Setup(_config())
+  ckpt = checkpoint.Checkpointer(workdir, _config(), setup.info)
+  state = ckpt.restore_state(setup.abstract_state, setup.state_sharding)
+  ckpt.close()
+  return jax.device_get(state)
+
+
+def _main(workdir, *flags):
+  proc = subprocess.run(
+      [sys.executable, "-m", "ebm_jax.main", "--config=configs/digits.py:tiny",
+       f"--workdir={workdir}", *_flags(train__num_steps=NUM_STEPS, train__checkpoint_every=2,
+                                      train__log_every=1), *flags],
+      capture_output=True, text=True, timeout=600, cwd=ROOT)
+  return proc.returncode, proc.stdout + proc.stderr
+
+
+def _scalar_steps(workdir):
+  return [r["step"] for r in read_jsonl(os.path.join(workdir, METRICS_FILE)) if "event" not in r]
+
+
+# ----------------------------------------------------------------------- divergence guard
+
+
+def test_guard_update_counts_consecutive_steps_and_keeps_the_first_cause():
+  cfg = _config(guard__max_abs_energy=1.0, guard__max_energy_gap=5.0, guard__patience=2).guard
+  g = state_lib.guard_init()
+
+  def step(g, s, e_pos, e_neg=0.0, finite=True):
+    m = {"energy_pos": jnp.float32(e_pos), "energy_neg": jnp.float32(e_neg),
+         "energy_gap": jnp.float32(e_pos - e_neg), "finite": jnp.bool_(finite)}
+    return train.guard_update(g, m, jnp.int32(s), cfg)
+
+  g = step(g, 1, 2.0)  # |E+| > 1 once: not yet (patience 2)
+  assert int(g.over_count) == 1 and int(g.cause) == state_lib.GUARD_OK
+  g = step(g, 2, 0.5)  # back in bounds resets the count
+  assert int(g.over_count) == 0
+  g = step(step(g, 3, 0.5, -6.0), 4, 0.5, -6.0)  # |gap| > 5 twice in a row: trips at step 4
+  assert (int(g.cause), int(g.trip_step)) == (state_lib.GUARD_ENERGY, 4)
+  g = step(g, 5, 0.0, finite=False)  # a later NaN does not overwrite the first cause
+  assert (int(g.cause), int(g.trip_step)) == (state_lib.GUARD_ENERGY, 4)
+  g = step(state_lib.guard_init(), 7, float("nan"))  # a NaN energy trips at once
+  assert (int(g.cause), int(g.trip_step)) == (state_lib.GUARD_NONFINITE, 7)
+
+
+def test_injected_nan_rolls_back_once_and_the_run_finishes(tmp_path, uninterrupted):
+  cfg = _config(debug__inject_nan_at_step=4)
+  state = train.train_and_evaluate(cfg, str(tmp_path))
+  assert int(state.step) == NUM_STEPS and int(state.recoveries) == 1
+  rows = read_jsonl(os.path.join(tmp_path, METRICS_FILE))
+  events = [r for r in rows if "event" in r]
+  assert len(events) == 1
+  assert events[0]["event"] == "rollback" and "non-finite" in events[0]["cause"]
+  assert (events[0]["trip_step"], events[0]["resumed_from_step"]) == (4, 2)
+  # the scalar rows read as one run, every value finite
+  assert _scalar_steps(tmp_path) == list(range(1, NUM_STEPS + 1))
+  assert all(np.isfinite(r["loss"]) for r in rows if "event" not in r)
+  params = jax.tree.leaves(jax.device_get(state.params))
+  assert all(np.all(np.isfinite(p)) for p in params)
+  # steps after the rollback drew new random numbers (the rollback counter is in the keys)
+  assert not np.array_equal(np.asarray(state.buffer.data), np.asarray(uninterrupted.buffer.data))
+
+
+def test_rollback_scales_the_learning_rate(tmp_path):
+  state = train.train_and_evaluate(
+      _config(debug__inject_nan_at_step=3, guard__lr_factor=0.5), str(tmp_path))
+  assert int(state.step) == NUM_STEPS and float(state.lr_scale) == 0.5
+
+
+def test_repeated_divergence_gives_up_with_the_documented_message(tmp_path):
+  code, out = _main(tmp_path, *_flags(debug__inject_nan_at_step=3, debug__inject_nan_times=99,
+                                      guard__max_recoveries=2))
+  assert code == cli.EXIT_DIVERGED, out[-3000:]
+  assert "training stopped:" in out and "giving up" in out and "guard.max_recoveries=2" in out
+  assert "last good checkpoint is step 2" in out and "Traceback" not in out
+  events = [r for r in read_jsonl(os.path.join(tmp_path, METRICS_FILE)) if "event" in r]
+  assert len(events) == 2  # two rollbacks, the third divergence stops the run
+
+
+def test_guard_off_stops_at_the_first_divergence(tmp_path):
+  with pytest.raises(train.DivergenceError, match="guard.enabled=False"):
+    train.train_and_evaluate(_config(debug__inject_nan_at_step=3, guard__enabled=False),
+                             str(tmp_path))
+
+
+# ----------------------------------------------------------------------- preemption
+
+
+@pytest.mark.parametrize("signal_name", ["TERM", "INT"])
+def test_signal_checkpoints_exits_zero_and_resume_is_exact(signal_name, tmp_path,
+                                                           uninterrupted):
+  code, out = _main(tmp_path, *_flags(debug__signal_at_step=3, debug__signal=signal_name))
+  assert code == 0, out[-3000:]
+  assert f"Stopped at step 3 by SIG{signal_name}" in out
+  ckpt = checkpoint.Checkpointer(str(tmp_path), read_only=True)
+  assert ckpt.manager.all_steps() == [2, 3]  # the step it was on was written at once
+  ckpt.close()
+  assert not glob.glob(str(tmp_path / "samples" / "*"))  # no end-of-run work when stopped
+  code, out = _main(tmp_path)  # the same command continues
+  assert code == 0 and "Resumed from step 3" in out, out[-3000:]
+  _assert_same_state(_final_state(str(tmp_path)), uninterrupted)
+  assert _scalar_steps(tmp_path) == list(range(1, NUM_STEPS + 1))
+
+
+def test_sigkill_resumes_from_the_last_checkpoint(tmp_path, uninterrupted):
+  code, _ = _main(tmp_path, *_flags(debug__signal_at_step=5, debug__signal="KILL"))
+  assert code == -9
+  code, out = _main(tmp_path)
+  assert code == 0, out[-3000:]
+  assert "Resumed from step 4" in out or "Resumed from step 2" in out
+  _assert_same_state(_final_state(str(tmp_path)), uninterrupted)
+  assert _scalar_steps(tmp_path) == list(range(1, NUM_STEPS + 1))
+
+
+# ----------------------------------------------------------------------- damaged checkpoints
+
+
+def _truncate_state_item(workdir, step):
+  """Cuts every data file of a checkpoint's `state` item to half its size."""
+  files = [f for f in glob.glob(os.path.join(workdir, "checkpoints", str(step), "state", "**"),
+                                recursive=True)
+           if os.path.isfile(f) and os.path.getsize(f) > 64]
+  assert files
+  for f in files:
+    with open(f, "r+b") as handle:
+      handle.truncate(os.path.getsize(f) // 2)
+
+
+def test_truncated_latest_checkpoint_falls_back_to_the_previous_one(tmp_path, uninterrupted,
+                                                                    caplog):
+  train.train_and_evaluate(_config(train__num_steps=4), str(tmp_path))
+  _truncate_state_item(str(tmp_path), 4)
+  with caplog.at_level(logging.WARNING):
+    state = train.train_and_evaluate(_config(), str(tmp_path))
+  said = caplog.text
+  assert "checkpoint at step 4 could not be read" in said and "resumes from step 2" in said
+  assert glob.glob(str(tmp_path / "corrupt_checkpoints" / "4_*"))
+  _assert_same_state(jax.device_get(state), uninterrupted)
+  # the corrupt step was written again, readable this time
+  ckpt = checkpoint.Checkpointer(str(tmp_path), read_only=True)
+  assert ckpt.manager.all_steps() == [4, 6]
+  ckpt.close()
+
+
+def test_no_readable_checkpoint_is_an_error_not_a_fresh_start(tmp_path):
+  train.train_and_evaluate(_config(train__num_steps=2), str(tmp_path))
+  _truncate_state_item(str(tmp_path), 2)
+  code, out = _main(tmp_path)
+  assert code == cli.EXIT_USER_ERROR, out[-3000:]
+  assert "none of the checkpoints" in out and "Traceback" not in out
+  assert os.path.isdir(tmp_path / "checkpoints" / "2")  # nothing moved, nothing overwritten

@@ -9,11 +9,14 @@ batch size:
 
 The batch at step s of process p depends only on (config, seed, s, p), never on where the
 stream was started, so training resumes exactly after preemption:
-  * offline image sources (digits, fashion_mnist, shapes): process p owns examples[p::P]; epoch
-    e is the permutation `np.random.default_rng([seed, e, p])` of that shard, and step s reads
-    positions [(s mod S)·b, (s mod S + 1)·b) of epoch s // S, S = shard // b (the last partial
-    batch of an epoch is dropped). Starting at s costs one permutation, O(shard).
-  * toy2d: i.i.d. samples from `np.random.default_rng([seed, s, p])`.
+  * offline image sources (digits, fashion_mnist, shapes): the global batch of step s (B = P·b
+    examples) is positions [(s mod S)·B, (s mod S + 1)·B) of epoch s // S, the permutation
+    `np.random.default_rng([seed, e])` of the whole split, S = N // B (the last partial batch
+    of an epoch is dropped); process p takes rows [p·b, (p + 1)·b) of it. So the global batch
+    does not depend on how many processes share it: P processes train on exactly what one
+    process with the same global batch does. Starting at s costs one permutation, O(N).
+  * toy2d: i.i.d. samples; the global batch of step s is drawn from
+    `np.random.default_rng([seed, s])` and split the same way.
   * tensorflow-datasets: a deterministic tf.data pipeline over the process's even split
     (repeat -> seeded shuffle -> skip(s·b) -> decode -> batch); the skip runs over still-encoded
     records, so it is cheap compared with decoding.
@@ -187,7 +190,7 @@ def make_stream(cfg: ml_collections.ConfigDict, *, batch_size: int, seed: int,
     raise ValueError(f"need batch_size >= 1, start_step >= 0, seed >= 0; got {batch_size}, "
                      f"{start_step}, {seed}")
   if cfg.name == "toy2d":
-    return _toy_stream(cfg, batch_size, seed, start_step, process_index)
+    return _toy_stream(cfg, batch_size, seed, start_step, process_index, process_count)
   if cfg.name in TFDS_NAMES:
     source, _ = _tfds_open(cfg, cfg.split, process_index, process_count)
     ds = _tfds_pipeline(source, cfg, batch_size=batch_size, seed=seed, skip=start_step *
@@ -195,13 +198,14 @@ def make_stream(cfg: ml_collections.ConfigDict, *, batch_size: int, seed: int,
     return _tfds_iterate(ds)
   arrays = _offline_arrays(cfg, cfg.split)
   key, _ = _select_attribute(cfg.name, cfg.attribute, arrays.attributes)
-  shard = np.arange(arrays.images.shape[0])[process_index::process_count]
-  if batch_size > shard.size:
+  total = arrays.images.shape[0]
+  if batch_size * process_count > total:
     raise DataError(
-        f"the local batch size {batch_size} exceeds the {shard.size} examples of "
-        f"{cfg.name}/{cfg.split} that process {process_index} of {process_count} owns; "
-        "lower --config.train.batch_size")
-  return _array_stream(cfg, arrays, key, shard, batch_size, seed, start_step, process_index)
+        f"the global batch of {batch_size * process_count} ({process_count} process(es) x "
+        f"{batch_size}) exceeds the {total} examples of {cfg.name}/{cfg.split}; lower "
+        "--config.train.batch_size")
+  return _array_stream(cfg, arrays, key, batch_size, seed, start_step, process_index,
+                       process_count)
 
 
 def load_arrays(cfg: ml_collections.ConfigDict, n: int, *, split: str | None = None,
@@ -230,7 +234,7 @@ def load_arrays(cfg: ml_collections.ConfigDict, n: int, *, split: str | None = N
   arrays = _offline_arrays(cfg, split)
   key, _ = _select_attribute(cfg.name, cfg.attribute, arrays.attributes)
   total = arrays.images.shape[0]
-  order = np.random.default_rng([seed, 0, 0]).permutation(total)[:n]
+  order = np.random.default_rng([seed, 0]).permutation(total)[:n]
   return _array_batch(cfg, arrays, key, order)
 
 
@@ -423,17 +427,20 @@ def _array_batch(cfg: ml_collections.ConfigDict, arrays: _Arrays, key: str | Non
 
 
 def _array_stream(cfg: ml_collections.ConfigDict, arrays: _Arrays, key: str | None,
-                  shard: np.ndarray, batch_size: int, seed: int, start_step: int,
-                  process_index: int) -> Iterator[Batch]:
-  steps_per_epoch = shard.size // batch_size
-  step, epoch, order = start_step, -1, shard
+                  batch_size: int, seed: int, start_step: int, process_index: int,
+                  process_count: int) -> Iterator[Batch]:
+  total = arrays.images.shape[0]
+  global_batch = batch_size * process_count
+  steps_per_epoch = total // global_batch
+  step, epoch, order = start_step, -1, None
   while True:
     e, k = divmod(step, steps_per_epoch)
     if e != epoch:
-      # A fresh generator per epoch: the permutation depends only on (seed, epoch, process).
+      # A fresh generator per epoch: the permutation depends only on (seed, epoch).
       epoch = e
-      order = shard[np.random.default_rng([seed, epoch, process_index]).permutation(shard.size)]
-    yield _array_batch(cfg, arrays, key, order[k * batch_size:(k + 1) * batch_size])
+      order = np.random.default_rng([seed, epoch]).permutation(total)
+    first = k * global_batch + process_index * batch_size
+    yield _array_batch(cfg, arrays, key, order[first:first + batch_size])
     step += 1
 
 
@@ -572,12 +579,13 @@ def _logsumexp(a: np.ndarray, axis: int) -> np.ndarray:
 
 
 def _toy_stream(cfg: ml_collections.ConfigDict, batch_size: int, seed: int, start_step: int,
-                process_index: int) -> Iterator[Batch]:
+                process_index: int, process_count: int = 1) -> Iterator[Batch]:
   step = start_step
+  rows = slice(process_index * batch_size, (process_index + 1) * batch_size)
   while True:
-    rng = np.random.default_rng([seed, step, process_index])
-    yield {"image": sample_toy2d(cfg.toy_density, batch_size, rng),
-           "label": np.zeros((batch_size, 0), np.float32)}
+    rng = np.random.default_rng([seed, step])
+    points = sample_toy2d(cfg.toy_density, batch_size * process_count, rng)[rows]
+    yield {"image": points, "label": np.zeros((batch_size, 0), np.float32)}
     step += 1
 
 

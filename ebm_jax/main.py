@@ -3,7 +3,15 @@
 The same command in the same workdir resumes from the latest checkpoint. Config fields can be
 overridden on the command line (--config.train.num_steps=500); unknown fields and wrong types
 are rejected when the flags are parsed.
+
+Several processes (hosts, or one process per GPU): add --distributed (or set
+EBM_DISTRIBUTED=1) and run the same command in every process. jax.distributed.initialize()
+finds the other processes by itself on Cloud TPU and under Slurm; elsewhere pass
+--coordinator_address=HOST:PORT --num_processes=N --process_id=I. Only process 0 logs and
+writes metrics; every process takes part in checkpointing.
 """
+
+import os
 
 import jax
 from absl import app, flags, logging
@@ -15,6 +23,42 @@ FLAGS = flags.FLAGS
 config_flags.DEFINE_config_file("config", None, "Training config file.", lock_config=True)
 flags.DEFINE_string("workdir", None, "Directory for checkpoints, metrics and samples.")
 flags.DEFINE_bool("debug", False, "Show tracebacks for user errors.")
+flags.DEFINE_bool("distributed", None, "Initialise JAX's multi-process runtime "
+                  "(jax.distributed.initialize). Default: the EBM_DISTRIBUTED environment "
+                  "variable (1/true), else off.")
+flags.DEFINE_string("coordinator_address", None, "HOST:PORT of process 0 (with --distributed; "
+                    "auto-detected on Cloud TPU and Slurm).")
+flags.DEFINE_integer("num_processes", None, "Number of processes (with --distributed).")
+flags.DEFINE_integer("process_id", None, "This process's index (with --distributed).")
+
+
+def distributed_requested() -> bool:
+  if FLAGS.distributed is not None:
+    return FLAGS.distributed
+  return os.environ.get("EBM_DISTRIBUTED", "").lower() in ("1", "true", "yes")
+
+
+def init_distributed() -> None:
+  """jax.distributed.initialize with the explicit flags where given (before any JAX work)."""
+  given = {"coordinator_address": FLAGS.coordinator_address,
+           "num_processes": FLAGS.num_processes, "process_id": FLAGS.process_id}
+  if not distributed_requested():
+    named = [f"--{k}" for k, v in given.items() if v is not None]
+    if named:
+      raise config_lib.UserError(f"{', '.join(named)} only apply with --distributed")
+    return
+  if FLAGS.num_processes is not None and FLAGS.num_processes < 1:
+    raise config_lib.UserError(f"--num_processes={FLAGS.num_processes} must be at least 1")
+  if FLAGS.process_id is not None and FLAGS.num_processes is not None and not (
+      0 <= FLAGS.process_id < FLAGS.num_processes):
+    raise config_lib.UserError(f"--process_id={FLAGS.process_id} must lie in [0, "
+                               f"--num_processes={FLAGS.num_processes})")
+  # Collectives between CPU devices of different processes (tests, CPU clusters) need gloo;
+  # the setting does not touch GPU or TPU collectives.
+  jax.config.update("jax_cpu_collectives_implementation", "gloo")
+  jax.distributed.initialize(**{k: v for k, v in given.items() if v is not None})
+  if jax.process_index() != 0:
+    logging.set_verbosity(logging.WARNING)  # one process logs progress
 
 
 def main(argv) -> None:
@@ -25,6 +69,7 @@ def main(argv) -> None:
     config = cli.load_config_flag()
     if not FLAGS.workdir:
       raise config_lib.UserError("--workdir is required, e.g. --workdir=runs/digits")
+    init_distributed()
     logging.info("JAX %s on %d process(es), devices: %s", jax.__version__,
                  jax.process_count(), jax.devices())
     train.train_and_evaluate(config, FLAGS.workdir)

@@ -21,6 +21,7 @@ import ml_collections
 import numpy as np
 import optax
 from absl import logging
+from jax.experimental import multihost_utils
 
 from ebm_jax import augment as augment_lib
 from ebm_jax import buffer as buffer_lib
@@ -198,7 +199,7 @@ def _check_workdir(workdir: str) -> None:
     return
   try:
     os.makedirs(workdir, exist_ok=True)
-    probe = os.path.join(workdir, ".write_test")
+    probe = os.path.join(workdir, f".write_test_{os.getpid()}")  # several processes may probe
     with open(probe, "w") as f:
       f.write("ok")
     os.remove(probe)
@@ -404,8 +405,9 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str, devices=
                        scalars["energy_neg"], scalars["loss_kl"], rate, _fmt_eta(eta))
         t_last, s_last = now, step
       if should_run(step, tc.image_every, tc.num_steps) and len(setup.info.shape) == 3:
-        writer.write_images(step, {"negatives": sample_lib.make_grid(
-            np.asarray(jax.device_get(negatives)))[None]})
+        # every process takes part in the gather (the negatives are split over processes)
+        grid = sample_lib.make_grid(multihost_utils.process_allgather(negatives, tiled=True))
+        writer.write_images(step, {"negatives": grid[None]})
       if ckpt_now:  # only reached with a clean guard: every checkpoint is a good one
         ckpt.save(step, state)
         last_saved = step
@@ -417,9 +419,12 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str, devices=
     logging.warning("Stopped at step %d by %s; checkpoint written. Rerun the same command to "
                     "continue.", step, signal.Signals(stop.signum).name)
   elif is_main and tc.num_steps > start:
-    path = sample_lib.sample_to_files(config, setup.model, setup.info, state.ema_params,
-                                      state.model_state, os.path.join(workdir, "samples"),
-                                      f"step_{int(state.step)}")
+    # From host copies of the (replicated) EMA parameters: the sampler then runs on this
+    # process's devices alone, which a multi-process run needs (only process 0 samples).
+    path = sample_lib.sample_to_files(config, setup.model, setup.info,
+                                      jax.device_get(state.ema_params),
+                                      jax.device_get(state.model_state),
+                                      os.path.join(workdir, "samples"), f"step_{int(step)}")
     logging.info("Samples from the EMA parameters: %s", path)
   ckpt.close()
   writer.close()

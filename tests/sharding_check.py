@@ -24,6 +24,7 @@ from ebm_jax import train
 
 def _compare(step, single, sharded, flip_tol=0.0):
   worst, flips, total = 0.0, 0, 0
+  moments = [], []  # Adam moments: compared as one vector, below
   paths = jax.tree_util.tree_flatten_with_path(single)[0]
   for (path, a), b in zip(paths, jax.tree.leaves(sharded)):
     a, b = np.asarray(a), np.asarray(b)
@@ -32,16 +33,29 @@ def _compare(step, single, sharded, flip_tol=0.0):
       assert np.mean(a != b) < 0.01, name
       assert np.abs(a.astype(int) - b.astype(int)).max() <= 1, name
       continue
+    if "opt_state" in name and a.dtype == np.float32:
+      moments[0].append(a.ravel())
+      moments[1].append(b.ravel())
+      continue
     close = np.isclose(a, b, rtol=1e-4, atol=1e-5)
     if flip_tol and "params" in name:
       flips += int((~close).sum())
       total += a.size
       np.testing.assert_allclose(a, b, rtol=0, atol=flip_tol, err_msg=name)
       continue
-    # Gradient-derived values (Adam moments, norms) inherit the rounding that a 100-fold
-    # Langevin step size amplifies; they get a looser relative tolerance in this pass.
-    np.testing.assert_allclose(a, b, rtol=1e-3 if flip_tol else 1e-4, atol=1e-5, err_msg=name)
+    # Scalars derived from the gradient (its norm, the update norm) get a relative 1e-3.
+    np.testing.assert_allclose(a, b, rtol=1e-3 if flip_tol or "params" not in name else 1e-4,
+                               atol=1e-5, err_msg=name)
     worst = max(worst, float(np.abs(a.astype(np.float64) - b).max()))
+  # The gradient (Adam's moments; b1 = 0) inherits rounding that the net amplifies: on 8x8
+  # digits the deepest blocks instance-normalise 2x2 maps, and once the chains start from the
+  # buffer (step 2) a 1e-7 difference in summation order grows to ~5e-4 of the gradient's norm
+  # (measured; some components, e.g. conv biases before a norm, are zero up to rounding, so an
+  # element-wise relative test is meaningless). A wrong key, row or reduction gives an error
+  # of order 1; the gradient as a whole must agree to 2e-3 of its norm.
+  a, b = np.concatenate(moments[0]), np.concatenate(moments[1])
+  rel = float(np.linalg.norm(a - b) / np.linalg.norm(b))
+  assert rel < 2e-3, (step, "Adam moments differ by", rel, "of their norm")
   if flip_tol:
     assert flips <= 0.005 * total, (step, flips, total)
   return worst, flips

@@ -175,19 +175,24 @@ def test_epochs_and_process_shards():
   cfg = _cfg(name="digits", image_size=8, channels=1)
   everything = set(_keys(data.load_arrays(cfg, 10_000)["image"]))
   assert len(everything) == 1500  # digits are distinct, so images identify examples
-  b, steps = 50, 750 // 50  # two processes own 750 examples each
-  epochs = {}
-  for p in range(2):
-    assert data.get_info(cfg, process_index=p, process_count=2).num_examples == 750
-    batches = _take(data.make_stream(cfg, batch_size=b, seed=0, process_index=p,
-                                     process_count=2), 2 * steps)
-    keys = [k for batch in batches for k in _keys(batch["image"])]
-    first, second = keys[:750], keys[750:]
-    assert len(set(first)) == 750 and set(first) == set(second)  # each example once per epoch
-    assert first != second  # ... in a new order each epoch
-    epochs[p] = set(first)
-  assert not epochs[0] & epochs[1]  # disjoint shards
-  assert epochs[0] | epochs[1] == everything  # that cover the split
+  b, steps = 50, 1500 // 100  # two processes, a global batch of 100: 15 steps per epoch
+  streams = [_take(data.make_stream(cfg, batch_size=b, seed=0, process_index=p,
+                                    process_count=2), 2 * steps) for p in range(2)]
+  single = _take(data.make_stream(cfg, batch_size=2 * b, seed=0), 2 * steps)
+  for s in range(2 * steps):  # the global batch does not depend on the number of processes
+    np.testing.assert_array_equal(
+        np.concatenate([streams[0][s]["image"], streams[1][s]["image"]]), single[s]["image"])
+    np.testing.assert_array_equal(
+        np.concatenate([streams[0][s]["label"], streams[1][s]["label"]]), single[s]["label"])
+  epochs = []
+  for e in range(2):
+    keys = [[k for batch in streams[p][e * steps:(e + 1) * steps] for k in _keys(batch["image"])]
+            for p in range(2)]
+    assert all(len(set(k)) == len(k) == 750 for k in keys)  # each example once per epoch
+    assert not set(keys[0]) & set(keys[1])  # the processes' parts are disjoint
+    assert set(keys[0]) | set(keys[1]) == everything  # and cover the split
+    epochs.append(keys[0] + keys[1])
+  assert epochs[0] != epochs[1]  # a new order each epoch
   counts = [data.get_info(cfg, process_index=p, process_count=7).num_examples for p in range(7)]
   assert sum(counts) == 1500 and max(counts) - min(counts) <= 1
 

@@ -111,3 +111,13 @@ def test_chain_is_a_pure_function_of_key_and_start(anneal):
   full = run(x0)
   np.testing.assert_array_equal(full, run(x0))
   np.testing.assert_allclose(full[:2], run(x0[:2]), rtol=1e-6)  # replay on a prefix
+
+
+def test_unrolled_chain_computes_the_same_numbers():
+  kernel = langevin.build_kernel(gaussian_energy(0.5, 0.3), 0.01)
+  x0 = jax.random.uniform(jax.random.key(1), (6, 5))
+  run = lambda unroll: jax.jit(lambda x: langevin.run_chain(
+      kernel, jax.random.key(2), x, 7, 0.02, unroll=unroll))(x0)
+  (rolled, infos), (unrolled, infos_u) = run(1), run(7)
+  np.testing.assert_allclose(rolled.x, unrolled.x, rtol=1e-6, atol=1e-7)
+  np.testing.assert_allclose(infos.grad_norm, infos_u.grad_norm, rtol=1e-6)

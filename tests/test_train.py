@@ -70,9 +70,10 @@ def test_tfds_configs_train_under_mock_data(name, extra, tmp_path):
   _check_run(str(tmp_path), 2)
 
 
-@pytest.mark.parametrize("name,extra", [("digits", ""), ("shapes", "shape")])
-def test_step_compiles_once(name, extra):
-  cfg = tiny_config(name, extra, model__conv="spectral")  # spectral: model state in the carry
+@pytest.mark.parametrize("attribute", ["", "class"])
+def test_step_compiles_once(attribute):
+  # spectral: model state in the carry; "class": labels through FiLM
+  cfg = tiny_config("digits", model__conv="spectral", data__attribute=attribute)
   setup = train.Setup(cfg)
   state = setup.init_state()
   stream = setup.stream(0)

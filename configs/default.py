@@ -118,6 +118,9 @@ def get_config(variant: str = "") -> ml_collections.ConfigDict:
   c.train.num_steps = 100_000  # the code never stops; the author trained 10k-120k (ref §4)
   c.train.log_every = 50  # scalars to TensorBoard + metrics.jsonl
   c.train.image_every = 1000  # grid of negatives to TensorBoard
+  # Gradient norm of each loss term and cos(grad L_KL, grad L_CD), global and per layer (paper
+  # Fig. 12), computed by a jitted function of its own at these steps; 0 = never.
+  c.train.log_grad_terms_every = 0
   c.train.checkpoint_every = 1000  # ref §4 save_interval
   c.train.keep_checkpoints = 2  # latest checkpoints kept ...
   c.train.keep_every = 10_000  # ... plus a permanent one every keep_every steps (0 = none)
@@ -182,6 +185,7 @@ def apply_tiny(c: ml_collections.ConfigDict) -> None:
   c.train.num_steps = 3
   c.train.log_every = 1
   c.train.image_every = 2
+  c.train.log_grad_terms_every = 0  # its own compilation; tests that need it switch it on
   c.train.checkpoint_every = 2
   c.train.keep_every = 0
   c.sample.num = 4

@@ -39,6 +39,7 @@ def get_config(variant: str = ""):
   c.train.batch_size = 32
   c.train.num_steps = 1500
   c.train.log_every = 100
+  c.train.log_grad_terms_every = 100  # for notebooks/gradient_magnitudes.ipynb (paper Fig. 12)
   c.train.image_every = 500
   c.train.checkpoint_every = 500
   c.train.keep_every = 0

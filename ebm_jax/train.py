@@ -14,6 +14,7 @@ import os
 import signal
 import threading
 import time
+from typing import Any, NamedTuple
 
 import jax
 import jax.numpy as jnp
@@ -84,14 +85,31 @@ def guard_update(guard: state_lib.GuardState, metrics: dict[str, jax.Array], ste
                               trip_step=jnp.where(first, step, guard.trip_step))
 
 
-def make_train_step(config: ml_collections.ConfigDict, model, info: data_lib.DatasetInfo,
-                    tx: optax.GradientTransformation, mesh=None):
-  """Returns the pure step(state, batch) -> (state, metrics, negatives[:NUM_GRID])."""
-  lc, bc, tc = config.langevin, config.buffer, config.train
+class NegativePhase(NamedTuple):
+  """Everything one step computes before its loss: the inputs of `losses.icd_loss` and what
+  the step keeps or logs besides."""
+  x_pos: jax.Array
+  labels: jax.Array | None
+  x_neg: jax.Array  # x_K
+  kl: losses.KLInputs
+  ent_refs: jax.Array
+  ent_active: jax.Array
+  model_state: Any  # after this step's power iteration (spectral norm)
+  buffer: buffer_lib.Buffer  # with x_K added
+  restart: jax.Array  # (B,) bool: chains started from noise
+  infos: langevin.LangevinInfo  # per Langevin step
+
+
+def make_negative_phase(config: ml_collections.ConfigDict, model, info: data_lib.DatasetInfo,
+                        mesh=None):
+  """Returns phase(state, batch) -> NegativePhase: DESIGN.md's steps 1-3 for the step that
+  `state` is about to take, with that step's random numbers (so analysis code sees exactly
+  what the training step sees)."""
+  lc, bc = config.langevin, config.buffer
   energy = energy_fn(model)
   transition = augment_lib.make_transition(config.augment) if bc.augment else None
   x_range = (0.0, 1.0) if lc.clip_x else None
-  batch_size = tc.batch_size
+  batch_size = config.train.batch_size
   n_kl = config.loss.kl_samples or batch_size
   conditional = info.num_classes > 0
   spectral = config.model.conv == "spectral"
@@ -103,7 +121,7 @@ def make_train_step(config: ml_collections.ConfigDict, model, info: data_lib.Dat
       return x
     return jax.lax.with_sharding_constraint(x, sharding.batch_sharded(mesh))
 
-  def train_step(state: state_lib.TrainState, batch: dict[str, jax.Array]):
+  def phase(state: state_lib.TrainState, batch: dict[str, jax.Array]) -> NegativePhase:
     # The rollback counter is folded in first: after a rollback the same steps draw new numbers.
     key = jax.random.fold_in(jax.random.fold_in(seed_keys(config.seed)[1], state.recoveries),
                              state.step)
@@ -137,22 +155,40 @@ def make_train_step(config: ml_collections.ConfigDict, model, info: data_lib.Dat
                                    lc.step_size, lc.grad_clip, x_range)
     final, infos = langevin.run_chain(kernel, k_chain, x0, lc.num_steps, lc.noise_scale,
                                       lc.anneal_noise, unroll=lc.unroll)
-    x_neg = final.x
 
     # 3. reservoir add, then the entropy comparison set from the updated buffer
-    new_buffer = buffer_lib.add(state.buffer, k_add, x_neg, bc.kind)
+    new_buffer = buffer_lib.add(state.buffer, k_add, final.x, bc.kind)
     refs = buffer_lib.sample(new_buffer, k_refs, config.loss.ent_num_refs)
     if transition is not None:
       refs = augment_lib.augment_batch(transition, k_refs_aug, refs)
-    ent_active = new_buffer.size > config.loss.ent_min_buffer
-
-    # 4. loss, update, EMA
     kl = losses.KLInputs(x_noised=final.x_noised[:n_kl], x0=x0[:n_kl], chain_key=k_chain,
                          labels=None if y is None else y[:n_kl])
-    loss_fn = functools.partial(
-        losses.icd_loss, energy=lambda p, x, yy: energy(p, model_state, x, yy),
-        x_pos=x_pos, y_pos=y, x_neg=x_neg, y_neg=y, kl=kl, ent_refs=refs,
-        ent_active=ent_active, cfg=config)
+    return NegativePhase(x_pos=x_pos, labels=y, x_neg=final.x, kl=kl, ent_refs=refs,
+                         ent_active=new_buffer.size > config.loss.ent_min_buffer,
+                         model_state=model_state, buffer=new_buffer, restart=restart,
+                         infos=infos)
+
+  return phase
+
+
+def make_loss_fn(config: ml_collections.ConfigDict, model, neg: NegativePhase):
+  """loss(params) -> (total, aux with every term), the function the step differentiates."""
+  energy = energy_fn(model)
+  return functools.partial(
+      losses.icd_loss, energy=lambda p, x, yy: energy(p, neg.model_state, x, yy),
+      x_pos=neg.x_pos, y_pos=neg.labels, x_neg=neg.x_neg, y_neg=neg.labels, kl=neg.kl,
+      ent_refs=neg.ent_refs, ent_active=neg.ent_active, cfg=config)
+
+
+def make_train_step(config: ml_collections.ConfigDict, model, info: data_lib.DatasetInfo,
+                    tx: optax.GradientTransformation, mesh=None):
+  """Returns the pure step(state, batch) -> (state, metrics, negatives[:NUM_GRID])."""
+  phase = make_negative_phase(config, model, info, mesh)
+
+  def train_step(state: state_lib.TrainState, batch: dict[str, jax.Array]):
+    neg = phase(state, batch)  # steps 1-3: chain starts, K Langevin steps, buffer
+    # 4. loss, update, EMA
+    loss_fn = make_loss_fn(config, model, neg)
     (loss, aux), grads = jax.value_and_grad(loss_fn, has_aux=True)(state.params)
     updates, opt_state = tx.update(grads, state.opt_state, state.params)
     updates = jax.tree.map(lambda u: u * state.lr_scale, updates)  # guard.lr_factor^rollbacks
@@ -166,12 +202,12 @@ def make_train_step(config: ml_collections.ConfigDict, model, info: data_lib.Dat
         "energy_pos": e_pos, "energy_neg": e_neg, "energy_gap": e_pos - e_neg,
         "energy_pos_std": aux["e_pos"].mean(-1).std(),
         "energy_neg_std": aux["e_neg"].mean(-1).std(),
-        "langevin_grad_norm": infos.grad_norm[-1].mean(),
-        "langevin_energy_start": infos.energy[0].mean(),
-        "langevin_energy_end": infos.energy[-1].mean(),
-        "restart_fraction": restart.mean(),
-        "buffer_fill": new_buffer.size / bc.capacity,
-        "entropy_active": ent_active.astype(jnp.float32),
+        "langevin_grad_norm": neg.infos.grad_norm[-1].mean(),
+        "langevin_energy_start": neg.infos.energy[0].mean(),
+        "langevin_energy_end": neg.infos.energy[-1].mean(),
+        "restart_fraction": neg.restart.mean(),
+        "buffer_fill": neg.buffer.size / config.buffer.capacity,
+        "entropy_active": neg.ent_active.astype(jnp.float32),
         "grad_norm": optax.tree_utils.tree_norm(grads),
         "update_norm": optax.tree_utils.tree_norm(updates),
         "param_norm": optax.tree_utils.tree_norm(params),
@@ -179,9 +215,9 @@ def make_train_step(config: ml_collections.ConfigDict, model, info: data_lib.Dat
     metrics["finite"] = jnp.isfinite(loss) & jnp.isfinite(metrics["grad_norm"])
     guard = guard_update(state.guard, metrics, state.step + 1, config.guard)
     new_state = state.replace(step=state.step + 1, params=params, ema_params=ema,
-                              opt_state=opt_state, buffer=new_buffer, model_state=model_state,
-                              guard=guard)
-    return new_state, metrics, x_neg[:NUM_GRID]
+                              opt_state=opt_state, buffer=neg.buffer,
+                              model_state=neg.model_state, guard=guard)
+    return new_state, metrics, neg.x_neg[:NUM_GRID]
 
   return train_step
 
@@ -230,6 +266,15 @@ class Setup:
         in_shardings=(self.state_sharding, self.batch_sharding),
         out_shardings=(self.state_sharding, rep, sharding.batch_sharded(self.mesh)),
         donate_argnums=0)
+
+  @functools.cached_property
+  def decompose_fn(self):
+    """The jitted gradient decomposition of ebm_jax.analysis (built on first use)."""
+    from ebm_jax import analysis  # pylint: disable=import-outside-toplevel  (imports train)
+    return jax.jit(analysis.make_gradient_decomposition(self.config, self.model, self.info,
+                                                        self.mesh),
+                   in_shardings=(self.state_sharding, self.batch_sharding),
+                   out_shardings=sharding.replicated(self.mesh))
 
   def init_state(self) -> state_lib.TrainState:
     """Parameters are born with their sharding (jit with out_shardings)."""
@@ -363,6 +408,11 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str, devices=
     while step < tc.num_steps:
       step += 1
       batch = setup.global_batch(next(stream))
+      grad_terms = {}
+      if should_run(step, tc.log_grad_terms_every, tc.num_steps):
+        # Before the step (which donates the state): the decomposition of this very step.
+        grad_terms = {k: float(v) for k, v in
+                      jax.device_get(setup.decompose_fn(state, batch)).items()}
       state, metrics, negatives = setup.step_fn(state, batch)
       writer.report_progress(step)
       _debug_signal(config, step, state)
@@ -398,12 +448,15 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str, devices=
         if log_now:
           scalars = {k: float(v) for k, v in m.items() if k != "finite"}
           scalars["perf/steps_per_sec"] = rate
-          writer.write_scalars(step, scalars)
+          writer.write_scalars(step, {**scalars, **grad_terms})
+          grad_terms = {}
           eta = (tc.num_steps - step) / rate if rate == rate and rate > 0 else float("nan")
           logging.info("step %d/%d | loss %.4f | E+ %.4f E- %.4f | KL %.4f | %.2f steps/s | "
                        "ETA %s", step, tc.num_steps, scalars["loss"], scalars["energy_pos"],
                        scalars["energy_neg"], scalars["loss_kl"], rate, _fmt_eta(eta))
         t_last, s_last = now, step
+      if grad_terms:  # a step that is not a log step
+        writer.write_scalars(step, grad_terms)
       if should_run(step, tc.image_every, tc.num_steps) and len(setup.info.shape) == 3:
         # every process takes part in the gather (the negatives are split over processes)
         grid = sample_lib.make_grid(multihost_utils.process_allgather(negatives, tiled=True))

@@ -1,0 +1,84 @@
+"""What each loss term does to the parameter gradient (the paper's Fig. 12).
+
+For a state and a batch, `make_gradient_decomposition` recomputes exactly what the training
+step would (same chain, same random numbers: `train.make_negative_phase`) and differentiates
+each term of the loss on its own: L_CD, L_reg, L_opt, L_ent, L_KL = L_opt + L_ent and the total.
+It reports their global gradient norms, the cosine between ∇L_KL and ∇L_CD, and both again per
+layer group (a head's stem conv, each residual block, the attention block, the output layer).
+
+It is its own jitted function, run every `train.log_grad_terms_every` steps by the training loop
+(off the hot path) and callable from a notebook on a restored checkpoint.
+"""
+
+from typing import Any
+
+import jax
+import jax.numpy as jnp
+import ml_collections
+import optax
+
+from ebm_jax import train
+
+TERMS = ("cd", "reg", "opt", "ent")  # the four terms of the loss, as losses.icd_loss names them
+PREFIX = "grad_terms/"
+
+
+def layer_groups(params) -> dict[str, Any]:
+  """{"head0/ResBlock_1": subtree, ...}: the parameters split by layer (two path levels for
+  multiscale nets, whose top level is the head; one level otherwise)."""
+  groups = {}
+  for name, sub in params.items():
+    if name.startswith("head") and isinstance(sub, dict):
+      groups.update({f"{name}/{layer}": leaves for layer, leaves in sub.items()})
+    else:
+      groups[name] = sub
+  return groups
+
+
+def _norm(tree) -> jax.Array:
+  return optax.tree_utils.tree_norm(tree)
+
+
+def _cosine(a, b) -> jax.Array:
+  dot = optax.tree_utils.tree_vdot(a, b)
+  return dot / jnp.maximum(_norm(a) * _norm(b), 1e-30)
+
+
+def term_gradients(config: ml_collections.ConfigDict, model, info, state, batch, phase=None):
+  """{term: parameter gradient} for cd, reg, opt, ent, kl (= opt + ent) and total; also the
+  losses' values (aux). Not jitted (see make_gradient_decomposition)."""
+  phase = phase or train.make_negative_phase(config, model, info)
+  loss_fn = train.make_loss_fn(config, model, phase(state, batch))
+
+  def terms(params):
+    _, aux = loss_fn(params)
+    return {k: aux[k] for k in TERMS}
+
+  # One reverse pass per term: the point is to see them apart.
+  grads = jax.jacrev(terms)(state.params)
+  grads["kl"] = jax.tree.map(jnp.add, grads["opt"], grads["ent"])
+  grads["total"] = jax.tree.map(lambda *g: sum(g), *(grads[k] for k in TERMS))
+  return grads
+
+
+def summarize(grads) -> dict[str, jax.Array]:
+  """Flat scalars: norm of each term's gradient and cos(∇L_KL, ∇L_CD), global and per group."""
+  out = {f"{PREFIX}norm_{k}": _norm(g) for k, g in grads.items()}
+  out[f"{PREFIX}cos_kl_cd"] = _cosine(grads["kl"], grads["cd"])
+  per_term = {k: layer_groups(g) for k, g in grads.items()}
+  for group in per_term["total"]:
+    for k in ("cd", "kl", "total"):
+      out[f"{PREFIX}{group}/norm_{k}"] = _norm(per_term[k][group])
+    out[f"{PREFIX}{group}/cos_kl_cd"] = _cosine(per_term["kl"][group], per_term["cd"][group])
+  return out
+
+
+def make_gradient_decomposition(config: ml_collections.ConfigDict, model, info, mesh=None):
+  """Returns a function decompose(state, batch) -> {name: scalar} (see `summarize`), to be
+  jitted by the caller with the training step's shardings."""
+  phase = train.make_negative_phase(config, model, info, mesh)
+
+  def decompose(state, batch):
+    return summarize(term_gradients(config, model, info, state, batch, phase))
+
+  return decompose

@@ -1,5 +1,6 @@
 """Shared pieces of the benchmark scripts: config loading, timing, cost analysis, JSON."""
 
+import copy
 import json
 import os
 import resource
@@ -58,6 +59,31 @@ def flops_of(compiled) -> float:
   if isinstance(cost, (list, tuple)):
     cost = cost[0] if cost else {}
   return float((cost or {}).get("flops", float("nan")))
+
+
+def flops_linear_in_k(flops_for_k: Callable[[int], float], k: int, unroll: int,
+                      compiled=None) -> float:
+  """FLOPs of a computation whose cost is affine in the chain length K.
+
+  XLA's cost analysis counts the body of a while loop once, whatever its trip count, so a chain
+  under `lax.scan` reports the FLOPs of a single Langevin step (measured here: 1.2e11 FLOPs for
+  a Fashion-MNIST step that does about 1e12). Unless the chain is fully unrolled, this compiles
+  the computation at K = 1 and K = 2 with the chain unrolled and extrapolates f(1) + (K-1)·Δ.
+  `flops_for_k(k)` must compile the computation with K = k, unrolled, and return its FLOPs;
+  `compiled`, the computation already compiled at K, is used as is when its chain is unrolled.
+  """
+  if unroll >= k:
+    return flops_of(compiled) if compiled is not None else flops_for_k(k)
+  f1, f2 = flops_for_k(1), flops_for_k(2)
+  return f1 + (k - 1) * (f2 - f1)
+
+
+def with_chain_length(config, k: int):
+  """A copy of config whose Langevin chain has k steps, fully unrolled."""
+  c = copy.deepcopy(config)
+  c.langevin.num_steps = k
+  c.langevin.unroll = k
+  return c
 
 
 def device_info() -> dict[str, Any]:

@@ -2,7 +2,7 @@
 config; prints one JSON object.
 
   python -m benchmarks.langevin --config=configs/cifar10.py \
-      --config.train.batch_size=32 --config.langevin.num_steps=40 [--config.langevin.unroll=40]
+      --config.train.batch_size=32 --config.langevin.num_steps=40 [--config.langevin.unroll=1]
 
 One Langevin step is one forward and one input-gradient pass of the energy net over the batch,
 the sampler's whole cost, which dominates a training iteration (reference description §6).
@@ -27,34 +27,39 @@ def run() -> dict:
   setup = train.Setup(config)
   state = setup.init_state()
   lc = config.langevin
+  unroll = langevin.resolve_unroll(lc.unroll, lc.num_steps)
   b, k = config.train.batch_size, lc.num_steps
   x_range = (0.0, 1.0) if lc.clip_x else None
   energy = train.energy_fn(setup.model)
   num_classes = setup.info.num_classes
   y = jnp.zeros((b, num_classes), jnp.float32).at[:, 0].set(1.0) if num_classes else None
 
-  def chain(params, model_state, key, x0):
-    kernel = langevin.build_kernel(lambda x: energy(params, model_state, x, y), lc.step_size,
-                                   lc.grad_clip, x_range)
-    final, infos = langevin.run_chain(kernel, key, x0, k, lc.noise_scale, lc.anneal_noise,
-                                      unroll=lc.unroll)
-    return final.x, infos.grad_norm[-1].mean()
+  def make_chain(num_steps, unroll):
+    def chain(params, model_state, key, x0):
+      kernel = langevin.build_kernel(lambda x: energy(params, model_state, x, y), lc.step_size,
+                                     lc.grad_clip, x_range)
+      final, infos = langevin.run_chain(kernel, key, x0, num_steps, lc.noise_scale,
+                                        lc.anneal_noise, unroll=unroll)
+      return final.x, infos.grad_norm[-1].mean()
+    return chain
 
   x0 = jax.random.uniform(jax.random.key(1), (b,) + tuple(setup.info.shape))
   args = (state.params, state.model_state, jax.random.key(2), x0)
   t = time.perf_counter()
-  compiled = jax.jit(chain).lower(*args).compile()
+  compiled = jax.jit(make_chain(k, unroll)).lower(*args).compile()
   compile_s = time.perf_counter() - t
   first_s, times = common.timed(lambda: compiled(*args), FLAGS.repeats, FLAGS.warmup)
   med = common.summary(times)["median"]
-  flops = common.flops_of(compiled)
+  flops = common.flops_linear_in_k(
+      lambda k_small: common.flops_of(jax.jit(make_chain(k_small, k_small)).lower(*args)
+                                      .compile()), k, unroll, compiled)
   peak = common.peak_tflops(config.model.dtype)
   achieved = flops / med / 1e12
   return {
       "benchmark": "langevin", "data": config.data.name, "model": config.model.name,
       "features": config.model.features, "multiscale": config.model.multiscale,
       "attention": config.model.attention, "batch_size": b, "langevin_steps": k,
-      "langevin_unroll": lc.unroll, "precision": config.model.dtype,
+      "langevin_unroll": unroll, "precision": config.model.dtype,
       "compile_s": compile_s, "first_call_after_compile_s": first_s,
       "chain_s": common.summary(times), "langevin_steps_per_s": k / med,
       "seconds_per_langevin_step": med / k, "flops_per_chain": flops,

@@ -15,7 +15,7 @@ import numpy as np
 from absl import app, flags
 
 from benchmarks import common
-from ebm_jax import cli, train
+from ebm_jax import cli, langevin, train
 
 FLAGS = flags.FLAGS
 common.define_flags()
@@ -38,8 +38,12 @@ def run() -> dict:
   first_s, times = common.timed(call, FLAGS.repeats, FLAGS.warmup)
   finite = bool(np.asarray(call()["finite"]))
   b, k = config.train.batch_size, config.langevin.num_steps
+  unroll = langevin.resolve_unroll(config.langevin.unroll, k)
   med = float(np.median(times))
-  flops = common.flops_of(compiled)
+  flops = common.flops_linear_in_k(
+      lambda k_small: common.flops_of(train.Setup(common.with_chain_length(config, k_small))
+                                      .step_fn.lower(state, batch).compile()),
+      k, unroll, compiled)
   precision = config.model.dtype
   peak = common.peak_tflops(precision)
   achieved = flops / med / 1e12
@@ -49,7 +53,7 @@ def run() -> dict:
       "data": config.data.name, "model": config.model.name, "features": config.model.features,
       "multiscale": config.model.multiscale, "attention": config.model.attention,
       "batch_size": b, "langevin_steps": k, "kl_samples": config.loss.kl_samples or b,
-      "precision": precision, "langevin_unroll": config.langevin.unroll,
+      "precision": precision, "langevin_unroll": unroll,
       "num_params": int(sum(x.size for x in jax.tree.leaves(state.params))),
       "compile_s": compile_s, "first_call_after_compile_s": first_s,
       "step_s": common.summary(times), "images_per_s": b / med,

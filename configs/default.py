@@ -61,9 +61,10 @@ def get_config(variant: str = "") -> ml_collections.ConfigDict:
   c.langevin.anneal_noise = False  # sigma_k = sigma (K-k)/K; ref §1.3 `anneal`, off by default
   c.langevin.grad_clip = 0.0  # elementwise clip of grad_x E (IGEBM proj_norm 0.01); 0 = off, paper §3.1
   c.langevin.clip_x = True  # clamp samples to [0, 1] after each step (ref §1.3); False for 2-D data
-  # Chain steps unrolled per lax.scan iteration (K = all): the same computation (equal up to
-  # float rounding); XLA:CPU runs unrolled steps faster (STACK.md), compile time grows with it.
-  c.langevin.unroll = 1
+  # Chain steps unrolled per lax.scan iteration: the same computation (equal up to float
+  # rounding). 0 = auto: the whole chain on CPU (XLA:CPU runs unrolled steps ~5x faster at K=40,
+  # benchmarks/README.md; compile time grows with K), a rolled loop on GPU/TPU.
+  c.langevin.unroll = 0
 
   # ---------------------------------------------------------------- losses
   c.loss = ml_collections.ConfigDict()

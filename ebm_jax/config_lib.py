@@ -95,7 +95,7 @@ def validate(config: ml_collections.ConfigDict, num_devices: int = 1) -> None:
   check(lv.step_size > 0, "langevin.step_size", "must be > 0")
   check(lv.noise_scale >= 0, "langevin.noise_scale", "must be >= 0")
   check(lv.grad_clip >= 0, "langevin.grad_clip", "must be >= 0 (0 = off)")
-  check(lv.unroll >= 1, "langevin.unroll", "must be at least 1 (steps per loop iteration)")
+  check(lv.unroll >= 0, "langevin.unroll", "must be >= 0 (steps per loop iteration; 0 = auto)")
   check(0 <= lo.kl_samples <= t.batch_size, "loss.kl_samples",
         f"must be between 0 (whole batch) and train.batch_size ({t.batch_size})")
   check(lo.ent_num_refs >= 1, "loss.ent_num_refs", "must be at least 1")

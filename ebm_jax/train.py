@@ -154,7 +154,8 @@ def make_negative_phase(config: ml_collections.ConfigDict, model, info: data_lib
     kernel = langevin.build_kernel(lambda x: energy(params_sg, model_state, x, y),
                                    lc.step_size, lc.grad_clip, x_range)
     final, infos = langevin.run_chain(kernel, k_chain, x0, lc.num_steps, lc.noise_scale,
-                                      lc.anneal_noise, unroll=lc.unroll)
+                                      lc.anneal_noise,
+                                      unroll=langevin.resolve_unroll(lc.unroll, lc.num_steps))
 
     # 3. reservoir add, then the entropy comparison set from the updated buffer
     new_buffer = buffer_lib.add(state.buffer, k_add, final.x, bc.kind)

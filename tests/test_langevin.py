@@ -121,3 +121,10 @@ def test_unrolled_chain_computes_the_same_numbers():
   (rolled, infos), (unrolled, infos_u) = run(1), run(7)
   np.testing.assert_allclose(rolled.x, unrolled.x, rtol=1e-6, atol=1e-7)
   np.testing.assert_allclose(infos.grad_norm, infos_u.grad_norm, rtol=1e-6)
+
+
+def test_auto_unroll_unrolls_the_whole_chain_on_cpu_only():
+  assert langevin.resolve_unroll(0, 40, "cpu") == 40
+  assert langevin.resolve_unroll(0, 40, "gpu") == 1 and langevin.resolve_unroll(0, 40, "tpu") == 1
+  assert langevin.resolve_unroll(8, 40, "cpu") == 8 and langevin.resolve_unroll(8, 40, "gpu") == 8
+  assert langevin.resolve_unroll(100, 40, "gpu") == 40

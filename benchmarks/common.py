@@ -35,6 +35,12 @@ def define_flags() -> None:
   flags.mark_flags_as_required(["config"])
 
 
+def config_name() -> str:
+  """The --config argument as given (file and variant)."""
+  flag = flags.FLAGS["config"]
+  return getattr(flag, "config_filename", "") or str(flag.value.data.name)
+
+
 def timed(fn: Callable[[], Any], repeats: int, warmup: int) -> tuple[float, list[float]]:
   """(first-call seconds, incl. compilation; list of timed-call seconds)."""
   t = time.perf_counter()
@@ -51,14 +57,22 @@ def timed(fn: Callable[[], Any], repeats: int, warmup: int) -> tuple[float, list
 
 
 def flops_of(compiled) -> float:
-  """FLOPs of one call from XLA's cost analysis (nan where the backend gives none)."""
+  """FLOPs of one call on all devices from XLA's cost analysis (nan where the backend gives
+  none). The analysis is of the partitioned per-device program (measured: the digits step on 2
+  host devices reports half the FLOPs of the 1-device step), so it is scaled by the number of
+  devices the program runs on."""
   try:
     cost = compiled.cost_analysis()
   except Exception:  # pylint: disable=broad-except
     return float("nan")
   if isinstance(cost, (list, tuple)):
     cost = cost[0] if cost else {}
-  return float((cost or {}).get("flops", float("nan")))
+  return float((cost or {}).get("flops", float("nan"))) * _num_devices(compiled)
+
+
+def _num_devices(compiled) -> int:
+  shardings = [s for s in jax.tree.leaves(compiled.input_shardings) if hasattr(s, "device_set")]
+  return max((len(s.device_set) for s in shardings), default=1)
 
 
 def flops_linear_in_k(flops_for_k: Callable[[int], float], k: int, unroll: int,

@@ -16,7 +16,7 @@ import jax.numpy as jnp
 from absl import app, flags
 
 from benchmarks import common
-from ebm_jax import cli, langevin, train
+from ebm_jax import cli, langevin, sharding, train
 
 FLAGS = flags.FLAGS
 common.define_flags()
@@ -43,7 +43,11 @@ def run() -> dict:
       return final.x, infos.grad_norm[-1].mean()
     return chain
 
-  x0 = jax.random.uniform(jax.random.key(1), (b,) + tuple(setup.info.shape))
+  # The chains split over the batch axis of the mesh, as in the train step.
+  x0 = jax.device_put(jax.random.uniform(jax.random.key(1), (b,) + tuple(setup.info.shape)),
+                      sharding.batch_sharded(setup.mesh))
+  if y is not None:
+    y = jax.device_put(y, sharding.batch_sharded(setup.mesh))
   args = (state.params, state.model_state, jax.random.key(2), x0)
   t = time.perf_counter()
   compiled = jax.jit(make_chain(k, unroll)).lower(*args).compile()
@@ -56,7 +60,8 @@ def run() -> dict:
   peak = common.peak_tflops(config.model.dtype)
   achieved = flops / med / 1e12
   return {
-      "benchmark": "langevin", "data": config.data.name, "model": config.model.name,
+      "benchmark": "langevin", "config": common.config_name(), "data": config.data.name,
+      "model": config.model.name,
       "features": config.model.features, "multiscale": config.model.multiscale,
       "attention": config.model.attention, "batch_size": b, "langevin_steps": k,
       "langevin_unroll": unroll, "precision": config.model.dtype,

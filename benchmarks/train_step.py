@@ -48,8 +48,7 @@ def run() -> dict:
   peak = common.peak_tflops(precision)
   achieved = flops / med / 1e12
   return {
-      "benchmark": "train_step", "config": FLAGS["config"].config_filename if hasattr(
-          FLAGS["config"], "config_filename") else str(FLAGS["config"].value.data.name),
+      "benchmark": "train_step", "config": common.config_name(),
       "data": config.data.name, "model": config.model.name, "features": config.model.features,
       "multiscale": config.model.multiscale, "attention": config.model.attention,
       "batch_size": b, "langevin_steps": k, "kl_samples": config.loss.kl_samples or b,

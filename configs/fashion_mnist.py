@@ -1,9 +1,13 @@
 """Fashion-MNIST 28x28 grey from Debian's `dataset-fashion-mnist` IDX files (offline).
+Variants: `:tiny` (tests), `:cpu` (1,500 small steps, for measured runs on a CPU).
 
   sudo apt-get install dataset-fashion-mnist   # or --config.data.path=/folder/with/idx/files
 """
 
 from configs import default
+
+
+VARIANTS = ("cpu",)
 
 
 def get_config(variant: str = ""):
@@ -24,7 +28,10 @@ def get_config(variant: str = ""):
   c.augment.blur_kernel = 0
   c.train.batch_size = 64
   c.train.num_steps = 20_000
-  default.finish(c, variant)
-  if "tiny" in default.parse_variant(variant):
+  tokens = default.parse_variant(variant, VARIANTS)
+  default.finish(c, variant, VARIANTS)  # `:cpu` is default.apply_cpu
+  if "cpu" in tokens:
+    c.loss.kl_samples = 0  # the whole batch
+  if "tiny" in tokens:
     c.loss.kl_samples = 4
   return c

@@ -42,3 +42,22 @@ def test_benchmark_rejects_a_bad_config_without_traceback():
                         capture_output=True, text=True, timeout=600, cwd=ROOT)
   assert proc.returncode == 2 and "train.batch_size" in proc.stderr
   assert "Traceback" not in proc.stderr
+
+
+def test_scaling_benchmark_fits_exponents_and_reports_memory(tmp_path):
+  out = tmp_path / "scaling.json"
+  proc = subprocess.run(
+      [sys.executable, "-m", "benchmarks.scaling", "--config=configs/digits.py:tiny",
+       "--ks=1,3", "--batches=4,8", "--kl_samples=2,4", "--ent_refs=8,32", "--repeats=2",
+       "--warmup=0", f"--out={out}"], capture_output=True, text=True, timeout=900, cwd=ROOT)
+  assert proc.returncode == 0, proc.stderr[-3000:]
+  result = json.loads(out.read_text())
+  assert set(result["by_langevin_steps"]) == {"1", "3"} and set(result["by_batch_size"]) == {
+      "4", "8"}
+  assert all(isinstance(result[k], float) for k in ("time_exponent_in_k",
+                                                     "time_exponent_in_batch"))
+  assert set(result["step_temp_mib_by_kl_samples"]) == {"2", "4"}
+  # the nearest-neighbour search never holds an n x m x D tensor: its temporary memory is a
+  # small fraction of one
+  for case, mib in result["nn_search_temp_mib"].items():
+    assert mib < 0.1 * result["nn_search_n_m_d_tensor_mib"][case], case

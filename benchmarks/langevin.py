@@ -37,7 +37,7 @@ def run() -> dict:
   def make_chain(num_steps, unroll):
     def chain(params, model_state, key, x0):
       kernel = langevin.build_kernel(lambda x: energy(params, model_state, x, y), lc.step_size,
-                                     lc.grad_clip, x_range)
+                                     lc.grad_clip, x_range, lc.sampler)
       final, infos = langevin.run_chain(kernel, key, x0, num_steps, lc.noise_scale,
                                         lc.anneal_noise, unroll=unroll)
       return final.x, infos.grad_norm[-1].mean()

@@ -51,7 +51,11 @@ def get_config(variant: str = "") -> ml_collections.ConfigDict:
   # Paper §3.1 removes spectral norm; the code standardises weights instead.
   c.model.conv = "ws"  # "ws", "spectral" or "plain"
   c.model.mlp_hidden = (256, 256, 256)  # mlp only: hidden widths
-  c.model.dtype = "float32"  # compute dtype of the net ("bfloat16" for mixed precision)
+  c.model.dtype = "float32"
+  # JEM (Grathwohl et al. 2020; papers/ebm_notes.txt): the net's last layer gives class logits
+  # f(x); E(x, y) = -f(x)[y], E(x) = -logsumexp f(x). Trained with cross-entropy (loss.ce_weight)
+  # plus the generative loss on E(x). Needs labelled data (data.attribute) and a single scale.
+  c.model.jem = False  # compute dtype of the net ("bfloat16" for mixed precision)
 
   # ---------------------------------------------------------------- Langevin sampler
   c.langevin = ml_collections.ConfigDict()
@@ -60,6 +64,9 @@ def get_config(variant: str = "") -> ml_collections.ConfigDict:
   c.langevin.noise_scale = 0.001  # sigma; paper A.2 ("Gaussian noise of magnitude 0.001")
   c.langevin.anneal_noise = False  # sigma_k = sigma (K-k)/K; ref §1.3 `anneal`, off by default
   c.langevin.grad_clip = 0.0  # elementwise clip of grad_x E (IGEBM proj_norm 0.01); 0 = off, paper §3.1
+  # "ula": the reference's unadjusted step; "mala": Metropolis-adjusted (critique §2.3), exact
+  # for exp(-E/T) with T = noise_scale^2 / (2 step_size); acceptance rate in the metrics.
+  c.langevin.sampler = "ula"
   c.langevin.clip_x = True  # clamp samples to [0, 1] after each step (ref §1.3); False for 2-D data
   # Chain steps unrolled per lax.scan iteration: the same computation (equal up to float
   # rounding). 0 = auto: the whole chain on CPU (XLA:CPU runs unrolled steps ~5x faster at K=40,
@@ -78,6 +85,10 @@ def get_config(variant: str = "") -> ml_collections.ConfigDict:
   c.loss.ent_min_buffer = 1000  # L_ent only once the buffer holds more items; ref §1.5
   c.loss.ent_eps = 1e-8  # added inside the sqrt of the NN distance; ref §8.4 (the code has none)
   c.loss.kl_samples = 0  # n, rows that carry L_KL; 0 = whole batch (ref §1.4: n = B on CIFAR/CelebA)
+  # "paper": L_KL as above; "right": its negation, -(L_opt + L_ent), which maximises the KL
+  # divergence as CD's derivation asks (critique §4.2, §5.4.1; it finds the paper's sign flipped).
+  c.loss.kl_form = "paper"
+  c.loss.ce_weight = 1.0  # JEM only (model.jem): weight of the classifier's cross-entropy
   c.loss.kl_all_steps = False  # differentiate L_opt through all K steps (paper A.4 ablation)
 
   # ---------------------------------------------------------------- replay buffer
@@ -87,6 +98,11 @@ def get_config(variant: str = "") -> ml_collections.ConfigDict:
   c.buffer.storage = "uint8"  # "uint8" (ref §1.2, 8-bit images) or "float32" (2-D data)
   c.buffer.noise_restart_prob = 0.05  # paper §3.1 / Alg. 1 (5 %); the code now uses 0.001
   c.buffer.noise_range = (0.0, 1.0)  # chain restarts are U(lo, hi) noise; images: U(0, 1) (ref §1.2)
+  # True contrastive divergence (critique §6.1): "data" fills the buffer with training images
+  # before the first step; data_prob is the chance that a chain start is the current data
+  # image instead of a buffer draw (critique: 10 %). "noise": the paper's empty buffer.
+  c.buffer.init = "noise"
+  c.buffer.data_prob = 0.0
   c.buffer.augment = True  # one augmentation transition per chain start drawn from the buffer; paper §2.3
 
   # ---------------------------------------------------------------- augmentation transitions

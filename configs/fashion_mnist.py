@@ -1,13 +1,14 @@
 """Fashion-MNIST 28x28 grey from Debian's `dataset-fashion-mnist` IDX files (offline).
-Variants: `:tiny` (tests), `:cpu` (1,500 small steps, for measured runs on a CPU).
+Variants: `:tiny` (tests), `:cpu` (1,500 small steps, for measured runs on a CPU), `:elastic`
+(elastic-deformation transitions at train and test time, critique §6.3).
 
   sudo apt-get install dataset-fashion-mnist   # or --config.data.path=/folder/with/idx/files
 """
 
-from configs import default
+from configs import default, regimes
 
 
-VARIANTS = ("cpu",)
+VARIANTS = ("cpu", "elastic")
 
 
 def get_config(variant: str = ""):
@@ -32,6 +33,10 @@ def get_config(variant: str = ""):
   default.finish(c, variant, VARIANTS)  # `:cpu` is default.apply_cpu
   if "cpu" in tokens:
     c.loss.kl_samples = 0  # the whole batch
+  if "elastic" in tokens:  # critique §6.3: elastic deformations instead of crops and flips
+    regimes.apply_elastic(c)
+    if "tiny" in tokens:
+      default.apply_tiny(c)
   if "tiny" in tokens:
     c.loss.kl_samples = 4
   return c

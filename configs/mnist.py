@@ -2,7 +2,9 @@
 published MNIST hyper-parameters (their issue #17); these are the CIFAR-10 ones with the
 augmentations that make sense for digits (no flip, no colour)."""
 
-from configs import default
+from configs import default, regimes
+
+VARIANTS = ("elastic",)  # elastic-deformation transitions at train and test time (critique §6.3)
 
 
 def get_config(variant: str = ""):
@@ -20,7 +22,10 @@ def get_config(variant: str = ""):
   c.augment.grayscale_prob = 0.0
   c.augment.crop_scale = (0.7, 1.0)  # mild: small crops lose the digit
   c.augment.blur_kernel = 0
-  default.finish(c, variant)
-  if "tiny" in default.parse_variant(variant):
+  tokens = default.parse_variant(variant, VARIANTS)
+  if "elastic" in tokens:
+    regimes.apply_elastic(c)
+  default.finish(c, variant, VARIANTS)
+  if "tiny" in tokens:
     c.loss.kl_samples = 4
   return c

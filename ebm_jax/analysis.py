@@ -45,19 +45,23 @@ def _cosine(a, b) -> jax.Array:
 
 
 def term_gradients(config: ml_collections.ConfigDict, model, info, state, batch, phase=None):
-  """{term: parameter gradient} for cd, reg, opt, ent, kl (= opt + ent) and total; also the
-  losses' values (aux). Not jitted (see make_gradient_decomposition)."""
+  """{term: parameter gradient} for cd, reg, opt, ent, kl (= opt + ent), ce (JEM only) and
+  total. Not jitted (see make_gradient_decomposition)."""
   phase = phase or train.make_negative_phase(config, model, info)
   loss_fn = train.make_loss_fn(config, model, phase(state, batch))
 
   def terms(params):
     _, aux = loss_fn(params)
-    return {k: aux[k] for k in TERMS}
+    out = {k: aux[k] for k in TERMS}
+    if "ce" in aux:  # JEM's classifier term
+      out["ce"] = config.loss.ce_weight * aux["ce"]
+    return out
 
   # One reverse pass per term: the point is to see them apart.
   grads = jax.jacrev(terms)(state.params)
+  parts = list(grads)
   grads["kl"] = jax.tree.map(jnp.add, grads["opt"], grads["ent"])
-  grads["total"] = jax.tree.map(lambda *g: sum(g), *(grads[k] for k in TERMS))
+  grads["total"] = jax.tree.map(lambda *g: sum(g), *(grads[k] for k in parts))
   return grads
 
 

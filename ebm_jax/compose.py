@@ -122,7 +122,7 @@ def sample_composition(components: list[Component], op: str, key: jax.Array, num
   @jax.jit
   def run(key):
     kernel = langevin.build_kernel(energy, step_size, lc.grad_clip,
-                                   (0.0, 1.0) if lc.clip_x else None)
+                                   (0.0, 1.0) if lc.clip_x else None, lc.sampler)
     lo, hi = config.buffer.noise_range
     x0 = jax.random.uniform(jax.random.fold_in(key, 0), (batch,) + shape, minval=lo,
                             maxval=hi)

@@ -22,6 +22,9 @@ CHOICES = {
     "model.conv": ("ws", "spectral", "plain"),
     "model.dtype": ("float32", "bfloat16"),
     "buffer.kind": buffer_lib.KINDS,
+    "langevin.sampler": ("ula", "mala"),
+    "loss.kl_form": ("paper", "right"),
+    "buffer.init": ("noise", "data"),
     "buffer.storage": buffer_lib.STORAGES,
     "debug.signal": ("TERM", "INT", "KILL"),
 }
@@ -95,6 +98,10 @@ def validate(config: ml_collections.ConfigDict, num_devices: int = 1) -> None:
   check(lv.step_size > 0, "langevin.step_size", "must be > 0")
   check(lv.noise_scale >= 0, "langevin.noise_scale", "must be >= 0")
   check(lv.grad_clip >= 0, "langevin.grad_clip", "must be >= 0 (0 = off)")
+  if lv.sampler == "mala":
+    check(lv.noise_scale > 0 and not lv.anneal_noise, "langevin.noise_scale",
+          "MALA needs a constant noise_scale > 0 (its target temperature is sigma^2 / (2 lambda));"
+          " set langevin.anneal_noise=False")
   check(lv.unroll >= 0, "langevin.unroll", "must be >= 0 (steps per loop iteration; 0 = auto)")
   check(0 <= lo.kl_samples <= t.batch_size, "loss.kl_samples",
         f"must be between 0 (whole batch) and train.batch_size ({t.batch_size})")
@@ -102,6 +109,7 @@ def validate(config: ml_collections.ConfigDict, num_devices: int = 1) -> None:
   check(lo.ent_eps > 0, "loss.ent_eps", "must be > 0")
   check(bf.capacity >= 1, "buffer.capacity", "must be at least 1")
   check(0 <= bf.noise_restart_prob <= 1, "buffer.noise_restart_prob", "must lie in [0, 1]")
+  check(0 <= bf.data_prob <= 1, "buffer.data_prob", "must lie in [0, 1]")
   check(len(bf.noise_range) == 2 and bf.noise_range[0] < bf.noise_range[1], "buffer.noise_range",
         "must be (low, high) with low < high")
   for f in ("color_prob", "grayscale_prob", "blur_prob"):

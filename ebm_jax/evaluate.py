@@ -311,7 +311,7 @@ def chain_quality(config, model, ema, info, net: FeatureNet, *, num: int, steps:
   @jax.jit
   def segment(key, x, y):
     kernel = langevin.build_kernel(lambda v: model.apply(variables, v, y), step_size,
-                                   lc.grad_clip, (0.0, 1.0) if lc.clip_x else None)
+                                   lc.grad_clip, (0.0, 1.0) if lc.clip_x else None, lc.sampler)
     x, infos = langevin.run_test_chain(kernel, transition, key, x,
                                        num_blocks=eval_every // block,
                                        block_steps=block, final_steps=eval_every % block,
@@ -400,7 +400,8 @@ def ood(config, model, ema, info, sets: list[str], *, num: int, seed: int = 0) -
     raise config_lib.UserError("OOD detection needs an image model")
   variables = {"params": ema["params"], **ema["model_state"]}
   test, labels = test_images(config, num, seed=seed)
-  y = labels if info.num_classes else None
+  # JEM scores log p(x) = −E(x) = logsumexp f(x), with no label (as JEM's OOD results).
+  y = labels if info.num_classes and not config.model.get("jem", False) else None
   s_in = energy_scores(model, variables, test, y)
   rows = {}
   for name in sets:
@@ -415,6 +416,19 @@ def ood(config, model, ema, info, sets: list[str], *, num: int, seed: int = 0) -
           "sets": rows}
 
 
+def jem_accuracy(config, model, ema, num: int, seed: int = 0, batch: int = 250) -> dict:
+  """Test accuracy of a JEM model's classifier head under the EMA parameters."""
+  if not config.model.get("jem", False):
+    raise config_lib.UserError("`accuracy` is for JEM models (model.jem=True); this workdir's "
+                               "model is an energy net without class logits")
+  variables = {"params": ema["params"], **ema["model_state"]}
+  x, labels = test_images(config, num, seed=seed)
+  fn = jax.jit(lambda v: model.apply(variables, v, method=type(model).logits).argmax(-1))
+  pred = np.concatenate([np.asarray(fn(jnp.asarray(x[i:i + batch], jnp.float32)))
+                         for i in range(0, len(x), batch)])
+  return {"test_accuracy": float((pred == labels.argmax(-1)).mean()), "num": int(len(x))}
+
+
 def markdown_table(result: dict) -> str:
   lines = ["| OOD set | AUROC |", "|---|---|"]
   lines += [f"| {k} | {v['auroc']:.3f} |" for k, v in result["sets"].items()]
@@ -424,7 +438,7 @@ def markdown_table(result: dict) -> str:
 # =================================================================== CLI
 
 FLAGS = flags.FLAGS
-COMMANDS = ("classifier", "quality", "ood", "export")
+COMMANDS = ("classifier", "quality", "ood", "export", "accuracy")
 
 
 def define_flags() -> None:
@@ -509,6 +523,8 @@ def run(argv: list[str]) -> None:
     else:
       result = quality(config, model, ema, info, net, num=FLAGS.num, steps=FLAGS.steps,
                        seed=FLAGS.seed)
+  elif command == "accuracy":
+    result = jem_accuracy(config, model, ema, FLAGS.num, seed=FLAGS.seed)
   elif command == "ood":
     result = ood(config, model, ema, info, list(FLAGS.ood), num=FLAGS.num, seed=FLAGS.seed)
     print(markdown_table(result))

@@ -6,6 +6,13 @@ where Ē is the energy summed over heads and the gradient is of the sum over the
 sample moves along its own gradient. The noise is added *before* the gradient; there is no
 √(2λ) coupling between λ and σ unless the caller chooses it (textbook Langevin: σ² = 2λ).
 
+MALA (`sampler="mala"`) turns the same gradient step into a Metropolis-Hastings proposal:
+    x' = x − λ ∇ₓĒ(x) + σ ε,   accepted with probability
+    min(1, exp(−(Ē(x') − Ē(x))/T) q(x | x') / q(x' | x)),   q(a | b) = N(a; b − λ∇Ē(b), σ²),
+which leaves exp(−Ē/T) invariant exactly, with T = σ²/(2λ) the temperature this λ and σ imply
+(T = 1 for textbook Langevin). With clip_x the target is restricted to the box: proposals
+outside it are rejected, never clipped. A MALA step costs two energy gradients.
+
 Nothing here is logged: kernels return (state, info) and chains return the stacked infos.
 Kernels are differentiable functions of the energy's parameters, so the same code serves the
 stop-gradient training chain and the L_opt-through-all-steps ablation (paper A.4).
@@ -27,8 +34,11 @@ class LangevinState(NamedTuple):
 
 
 class LangevinInfo(NamedTuple):
-  energy: jax.Array  # (B,) head-summed energy at the noised point x̃
-  grad_norm: jax.Array  # (B,) L2 norm of ∇ₓ Ē(x̃), before any clipping
+  energy: jax.Array  # (B,) head-summed energy at the noised point x̃ (MALA: at x)
+  grad_norm: jax.Array  # (B,) L2 norm of ∇ₓ Ē(x̃), before any clipping (MALA: at x)
+  accepted: jax.Array  # (B,) 1.0 where the step was taken (always, for unadjusted Langevin)
+
+SAMPLERS = ("ula", "mala")
 
 
 def init(x: jax.Array) -> LangevinState:
@@ -54,17 +64,59 @@ def gradient_step(energy_fn: EnergyFn, x_noised: jax.Array, step_size: float,
   x_new = x_noised - step_size * grad
   if x_range is not None:
     x_new = jnp.clip(x_new, *x_range)
-  return x_new, LangevinInfo(energy=energy, grad_norm=grad_norm)
+  return x_new, LangevinInfo(energy=energy, grad_norm=grad_norm,
+                             accepted=jnp.ones_like(energy))
 
 
 def build_kernel(energy_fn: EnergyFn, step_size: float, grad_clip: float = 0.0,
-                 x_range: XRange = (0.0, 1.0)):
-  """Returns kernel(key, state, noise_scale) -> (state, info)."""
+                 x_range: XRange = (0.0, 1.0), sampler: str = "ula"):
+  """Returns kernel(key, state, noise_scale) -> (state, info) for `sampler` ("ula": the
+  reference's unadjusted step; "mala": Metropolis-adjusted, see the module docstring)."""
+  if sampler == "mala":
+    return build_mala_kernel(energy_fn, step_size, grad_clip, x_range)
+  if sampler != "ula":
+    raise ValueError(f"langevin.sampler={sampler!r} is not one of {list(SAMPLERS)}")
 
   def kernel(key: jax.Array, state: LangevinState, noise_scale: jax.Array | float):
     x_noised = state.x + noise_scale * row_normal(key, state.x)
     x_new, info = gradient_step(energy_fn, x_noised, step_size, grad_clip, x_range)
     return LangevinState(x=x_new, x_noised=x_noised), info
+
+  return kernel
+
+
+def build_mala_kernel(energy_fn: EnergyFn, step_size: float, grad_clip: float = 0.0,
+                      x_range: XRange = (0.0, 1.0)):
+  """Metropolis-adjusted Langevin. The state's x_noised is the point the step started from,
+  so the KL sample (one differentiable gradient step from it) is the proposal's mean."""
+
+  def drift(x):
+    energy, grad = summed_energy_and_grad(energy_fn, x)
+    grad_norm = jnp.sqrt(jnp.sum(grad.reshape(grad.shape[0], -1) ** 2, axis=-1))
+    if grad_clip > 0:
+      grad = jnp.clip(grad, -grad_clip, grad_clip)
+    return energy, grad_norm, x - step_size * grad
+
+  def sq_norm(v):
+    return jnp.sum(v.reshape(v.shape[0], -1) ** 2, axis=-1)
+
+  def kernel(key: jax.Array, state: LangevinState, noise_scale: jax.Array | float):
+    k_prop, k_accept = jax.random.split(key)
+    x = state.x
+    e_x, grad_norm, mean_x = drift(x)
+    proposal = mean_x + noise_scale * row_normal(k_prop, x)
+    e_p, _, mean_p = drift(proposal)
+    var = jnp.square(noise_scale)
+    temperature = var / (2.0 * step_size)
+    log_ratio = (-(e_p - e_x) / temperature
+                 - sq_norm(x - mean_p) / (2 * var) + sq_norm(proposal - mean_x) / (2 * var))
+    accept = jnp.log(jax.random.uniform(k_accept, e_x.shape)) < log_ratio
+    if x_range is not None:
+      flat = proposal.reshape(proposal.shape[0], -1)
+      accept &= jnp.all((flat >= x_range[0]) & (flat <= x_range[1]), axis=-1)
+    x_new = jnp.where(accept.reshape((-1,) + (1,) * (x.ndim - 1)), proposal, x)
+    return (LangevinState(x=x_new, x_noised=x),
+            LangevinInfo(energy=e_x, grad_norm=grad_norm, accepted=accept.astype(e_x.dtype)))
 
   return kernel
 

@@ -9,6 +9,8 @@ with θ the parameters and sg = `jax.lax.stop_gradient`:
   L_opt = c_opt · mean E_{sg θ}(x̂)                              (paper Eq. 6)
   L_ent = −c_ent · mean_i log NN(x̂_i, sg B)                    (paper Eq. 7, ref §1.5)
 Means run over the batch and the heads (E has shape (B, S)); samplers use the head sum.
+With loss.kl_form = "right" both KL terms change sign (critique §5.4.1: −KL is what CD's
+derivation maximises; the paper minimises it).
 """
 
 from typing import Callable, NamedTuple
@@ -72,7 +74,8 @@ def kl_sample(energy: ParamEnergyFn, params, kl: KLInputs, lcfg: ml_collections.
   """x̂, differentiable in θ through ∇ₓE_θ (last step) or through all K steps."""
   energy_x = lambda x: energy(params, x, kl.labels)
   if all_steps:
-    kernel = langevin.build_kernel(energy_x, lcfg.step_size, lcfg.grad_clip, x_range)
+    kernel = langevin.build_kernel(energy_x, lcfg.step_size, lcfg.grad_clip, x_range,
+                                   lcfg.sampler)
     # sg(x0): chain starts come from the buffer or noise and carry no θ-dependence.
     state, _ = langevin.run_chain(kernel, kl.chain_key, sg(kl.x0), lcfg.num_steps,
                                   lcfg.noise_scale, lcfg.anneal_noise, remat=True)
@@ -101,12 +104,13 @@ def icd_loss(params, energy: ParamEnergyFn, *, x_pos, y_pos, x_neg, y_neg, kl: K
            "reg": lc.reg_weight * energy_regulariser(e_pos, e_neg) if lc.reg_weight else zero,
            "opt": zero, "ent": zero}
   if lc.opt or lc.ent:
+    sign = -1.0 if lc.kl_form == "right" else 1.0
     x_hat = kl_sample(energy, params, kl, cfg.langevin, x_range, lc.kl_all_steps)
     if lc.opt:
       # E_{sg θ}(x̂): L_opt has no direct parameter path, only the one through x̂ (paper Eq. 5-6).
-      terms["opt"] = lc.opt_weight * energy(sg(params), x_hat, kl.labels).mean()
+      terms["opt"] = sign * lc.opt_weight * energy(sg(params), x_hat, kl.labels).mean()
     if lc.ent:
-      ent = lc.ent_weight * entropy_loss(x_hat, ent_refs, lc.ent_eps)
+      ent = sign * lc.ent_weight * entropy_loss(x_hat, ent_refs, lc.ent_eps)
       terms["ent"] = jnp.where(ent_active, ent, zero)
   terms["kl"] = terms["opt"] + terms["ent"]
   loss = terms["cd"] + terms["reg"] + terms["kl"]

@@ -90,7 +90,7 @@ def generate(config: ml_collections.ConfigDict, model, variables, key: jax.Array
   @jax.jit
   def run(key, y):
     energy = lambda x: model.apply(variables, x, y)
-    kernel = langevin.build_kernel(energy, step_size, lc.grad_clip, x_range)
+    kernel = langevin.build_kernel(energy, step_size, lc.grad_clip, x_range, lc.sampler)
     lo, hi = config.buffer.noise_range
     x0 = jax.random.uniform(jax.random.fold_in(key, 0), (batch,) + tuple(shape),
                             minval=lo, maxval=hi)
@@ -98,7 +98,7 @@ def generate(config: ml_collections.ConfigDict, model, variables, key: jax.Array
                                    num_blocks=num_blocks, block_steps=block_steps,
                                    final_steps=final_steps, noise_scale=lc.noise_scale)
 
-  out, energies, grad_norms = [], [], []
+  out, energies, grad_norms, accepted = [], [], [], []
   for i in range(0, num, batch):
     y = None
     if labels is not None:
@@ -107,8 +107,10 @@ def generate(config: ml_collections.ConfigDict, model, variables, key: jax.Array
     out.append(np.asarray(x))
     energies.append(np.asarray(info.energy))
     grad_norms.append(np.asarray(info.grad_norm))
+    accepted.append(np.asarray(info.accepted))
   diagnostics = {"energy": np.concatenate(energies, 1)[:, :num].mean(1),
-                 "grad_norm": np.concatenate(grad_norms, 1)[:, :num].mean(1)}
+                 "grad_norm": np.concatenate(grad_norms, 1)[:, :num].mean(1),
+                 "accept_rate": np.concatenate(accepted, 1)[:, :num].mean(1)}
   return np.concatenate(out)[:num], diagnostics
 
 
@@ -138,7 +140,10 @@ def sample_to_files(config, model, info, params, model_state, outdir: str, name:
   else:
     save_scatter(x, png)
   arrays = {"samples": x, "energy_per_step": diag["energy"],
-            "grad_norm_per_step": diag["grad_norm"]}
+            "grad_norm_per_step": diag["grad_norm"], "accept_rate_per_step": diag["accept_rate"]}
+  if config.langevin.sampler == "mala":
+    logging.info("MALA acceptance rate %.3f (mean over steps and chains)",
+                 float(diag["accept_rate"].mean()))
   if labels is not None:
     arrays["labels"] = labels.argmax(-1)
   np.savez_compressed(os.path.join(outdir, f"{name}.npz"), **arrays)

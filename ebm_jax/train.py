@@ -2,7 +2,8 @@
 
 One step, with θ the parameters and every random number from fold_in(seed key, step):
   1. x⁺ = dequantised data; x₀ = buffer draws put through one augmentation transition, each
-     replaced by U(noise_range) noise with probability p (all noise while the buffer is empty);
+     replaced by x⁺ with probability buffer.data_prob (true CD, critique §6.1), then by
+     U(noise_range) noise with probability p (all noise while the buffer is empty);
   2. K Langevin steps on sg(θ), keeping x̃_{K−1} for the KL sample;
   3. x_K goes into the buffer; L_ent's comparison set is then drawn from it (ref §1.7);
   4. loss and gradient (losses.icd_loss), global-norm clip + Adam, EMA.
@@ -37,7 +38,12 @@ NUM_GRID = 64  # negatives returned per step for image summaries
 
 
 class DivergenceError(RuntimeError):
-  """The divergence guard tripped more often than guard.max_recoveries allows (or is off)."""
+  """The divergence guard tripped more often than guard.max_recoveries allows (or is off).
+  `step` is the step at which it tripped last, `cause` what it saw."""
+
+  def __init__(self, message: str, step: int | None = None, cause: str | None = None):
+    super().__init__(message)
+    self.step, self.cause = step, cause
 
 
 def energy_fn(model):
@@ -98,6 +104,7 @@ class NegativePhase(NamedTuple):
   buffer: buffer_lib.Buffer  # with x_K added
   restart: jax.Array  # (B,) bool: chains started from noise
   infos: langevin.LangevinInfo  # per Langevin step
+  class_labels: jax.Array | None = None  # JEM: one-hot labels of x⁺ for the cross-entropy
 
 
 def make_negative_phase(config: ml_collections.ConfigDict, model, info: data_lib.DatasetInfo,
@@ -111,7 +118,8 @@ def make_negative_phase(config: ml_collections.ConfigDict, model, info: data_lib
   x_range = (0.0, 1.0) if lc.clip_x else None
   batch_size = config.train.batch_size
   n_kl = config.loss.kl_samples or batch_size
-  conditional = info.num_classes > 0
+  jem = bool(config.model.get("jem", False))
+  conditional = info.num_classes > 0 and not jem  # JEM samples and trains E(x) unconditionally
   spectral = config.model.conv == "spectral"
   inject_at = config.debug.inject_nan_at_step
 
@@ -144,6 +152,10 @@ def make_negative_phase(config: ml_collections.ConfigDict, model, info: data_lib
     x0 = buffer_lib.sample(state.buffer, k_draw, batch_size)
     if transition is not None:
       x0 = augment_lib.augment_batch(transition, k_aug, constrain(x0))
+    if bc.data_prob > 0:  # true CD: some chains start at this step's data
+      k_data = jax.random.fold_in(k_restart, 1)
+      from_data = jax.random.uniform(k_data, (batch_size,)) < bc.data_prob
+      x0 = jnp.where(from_data.reshape((-1,) + (1,) * (x0.ndim - 1)), x_pos, x0)
     lo, hi = bc.noise_range
     noise = jax.random.uniform(k_noise, x0.shape, minval=lo, maxval=hi)
     restart = ((jax.random.uniform(k_restart, (batch_size,)) < bc.noise_restart_prob)
@@ -152,7 +164,7 @@ def make_negative_phase(config: ml_collections.ConfigDict, model, info: data_lib
 
     # 2. K Langevin steps
     kernel = langevin.build_kernel(lambda x: energy(params_sg, model_state, x, y),
-                                   lc.step_size, lc.grad_clip, x_range)
+                                   lc.step_size, lc.grad_clip, x_range, lc.sampler)
     final, infos = langevin.run_chain(kernel, k_chain, x0, lc.num_steps, lc.noise_scale,
                                       lc.anneal_noise,
                                       unroll=langevin.resolve_unroll(lc.unroll, lc.num_steps))
@@ -167,7 +179,7 @@ def make_negative_phase(config: ml_collections.ConfigDict, model, info: data_lib
     return NegativePhase(x_pos=x_pos, labels=y, x_neg=final.x, kl=kl, ent_refs=refs,
                          ent_active=new_buffer.size > config.loss.ent_min_buffer,
                          model_state=model_state, buffer=new_buffer, restart=restart,
-                         infos=infos)
+                         infos=infos, class_labels=batch["label"] if jem else None)
 
   return phase
 
@@ -175,10 +187,23 @@ def make_negative_phase(config: ml_collections.ConfigDict, model, info: data_lib
 def make_loss_fn(config: ml_collections.ConfigDict, model, neg: NegativePhase):
   """loss(params) -> (total, aux with every term), the function the step differentiates."""
   energy = energy_fn(model)
-  return functools.partial(
+  icd = functools.partial(
       losses.icd_loss, energy=lambda p, x, yy: energy(p, neg.model_state, x, yy),
       x_pos=neg.x_pos, y_pos=neg.labels, x_neg=neg.x_neg, y_neg=neg.labels, kl=neg.kl,
       ent_refs=neg.ent_refs, ent_active=neg.ent_active, cfg=config)
+  if neg.class_labels is None:
+    return icd
+
+  def jem_loss(params):
+    """JEM: the generative loss on E(x) = −logsumexp f(x) plus the classifier's cross-entropy."""
+    loss, aux = icd(params)
+    logits = model.apply({"params": params, **neg.model_state}, neg.x_pos,
+                         method=models.JEMEnergy.logits)
+    ce = optax.softmax_cross_entropy(logits, neg.class_labels).mean()
+    accuracy = (logits.argmax(-1) == neg.class_labels.argmax(-1)).mean()
+    return loss + config.loss.ce_weight * ce, {**aux, "ce": ce, "accuracy": accuracy}
+
+  return jem_loss
 
 
 def make_train_step(config: ml_collections.ConfigDict, model, info: data_lib.DatasetInfo,
@@ -206,6 +231,7 @@ def make_train_step(config: ml_collections.ConfigDict, model, info: data_lib.Dat
         "langevin_grad_norm": neg.infos.grad_norm[-1].mean(),
         "langevin_energy_start": neg.infos.energy[0].mean(),
         "langevin_energy_end": neg.infos.energy[-1].mean(),
+        "langevin_accept_rate": neg.infos.accepted.mean(),
         "restart_fraction": neg.restart.mean(),
         "buffer_fill": neg.buffer.size / config.buffer.capacity,
         "entropy_active": neg.ent_active.astype(jnp.float32),
@@ -213,6 +239,8 @@ def make_train_step(config: ml_collections.ConfigDict, model, info: data_lib.Dat
         "update_norm": optax.tree_utils.tree_norm(updates),
         "param_norm": optax.tree_utils.tree_norm(params),
     }
+    if neg.class_labels is not None:  # JEM
+      metrics["loss_ce"], metrics["train_accuracy"] = aux["ce"], aux["accuracy"]
     metrics["finite"] = jnp.isfinite(loss) & jnp.isfinite(metrics["grad_norm"])
     guard = guard_update(state.guard, metrics, state.step + 1, config.guard)
     new_state = state.replace(step=state.step + 1, params=params, ema_params=ema,
@@ -282,6 +310,36 @@ class Setup:
     return jax.jit(self.init_fn, out_shardings=self.state_sharding)(
         seed_keys(self.config.seed)[0])
 
+  def fresh_state(self) -> state_lib.TrainState:
+    """The state a run starts from: init_state, with the buffer filled with training images
+    when buffer.init = "data" (true CD, critique §6.1)."""
+    state = self.init_state()
+    if self.config.buffer.init == "data":
+      state = self.seed_buffer(state)
+    return state
+
+  def seed_buffer(self, state: state_lib.TrainState) -> state_lib.TrainState:
+    """Adds buffer.capacity dequantised training images (a stream of its own, so the training
+    batches are those of a run without seeding)."""
+    bc, levels = self.config.buffer, self.info.levels
+    local_batch = self.config.train.batch_size // jax.process_count()
+    stream = data_lib.make_stream(self.config.data, batch_size=local_batch,
+                                  seed=self.config.seed + 1, start_step=0,
+                                  process_index=jax.process_index(),
+                                  process_count=jax.process_count())
+
+    @functools.partial(jax.jit, donate_argnums=0, out_shardings=self.state_sharding.buffer)
+    def add(buf, key, images):
+      k_deq, k_add = jax.random.split(key)
+      return buffer_lib.add(buf, k_add, dequantize(k_deq, images, levels), bc.kind)
+
+    buf = state.buffer
+    key = jax.random.fold_in(seed_keys(self.config.seed)[0], 1)
+    for i in range(-(-bc.capacity // self.config.train.batch_size)):
+      buf = add(buf, jax.random.fold_in(key, i), self.global_batch(next(stream))["image"])
+    logging.info("Buffer seeded with %d training images (buffer.init='data')", int(buf.size))
+    return state.replace(buffer=buf)
+
   def stream(self, start_step: int):
     local_batch = self.config.train.batch_size // jax.process_count()
     return data_lib.make_stream(self.config.data, batch_size=local_batch,
@@ -340,14 +398,14 @@ class _Recovery:
     if not self.cfg.enabled:
       raise DivergenceError(
           f"{what} at step {trip_step}; the divergence guard is off (guard.enabled=False). The "
-          f"last good checkpoint is step {last_good} in {directory}.")
+          f"last good checkpoint is step {last_good} in {directory}.", trip_step, what)
     if len(self.trips) > self.cfg.max_recoveries:
       raise DivergenceError(
           f"{what} at step {trip_step}, the {len(self.trips)}th divergence within "
           f"guard.window={self.cfg.window} steps (guard.max_recoveries="
           f"{self.cfg.max_recoveries}); giving up. The last good checkpoint is step {last_good} "
           f"in {directory}. Lower optim.learning_rate or langevin.step_size, set "
-          "guard.lr_factor below 1, or raise guard.max_recoveries.")
+          "guard.lr_factor below 1, or raise guard.max_recoveries.", trip_step, what)
 
 
 def _rollback(setup: Setup, ckpt: checkpoint_lib.Checkpointer, bad: state_lib.TrainState,
@@ -356,7 +414,7 @@ def _rollback(setup: Setup, ckpt: checkpoint_lib.Checkpointer, bad: state_lib.Tr
   ckpt.wait()
   state = ckpt.restore_state(setup.abstract_state, setup.state_sharding, quiet=True)
   if state is None:
-    state = setup.init_state()
+    state = setup.fresh_state()
   rep = sharding.replicated(setup.mesh)
   return state.replace(
       recoveries=jax.device_put(bad.recoveries + 1, rep),
@@ -386,7 +444,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str, devices=
   ckpt = checkpoint_lib.Checkpointer(workdir, config, setup.info)
   state = ckpt.restore_state(setup.abstract_state, setup.state_sharding)
   if state is None:
-    state = setup.init_state()
+    state = setup.fresh_state()
     logging.info("Starting from scratch in %s", workdir)
   start = int(state.step)
   if start:
@@ -405,68 +463,74 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str, devices=
   last_saved = ckpt.latest_step() or 0
   stream = setup.stream(step)
   t_last, s_last, t_start = time.time(), step, time.time()
-  with StopRequest() as stop:
-    while step < tc.num_steps:
-      step += 1
-      batch = setup.global_batch(next(stream))
-      grad_terms = {}
-      if should_run(step, tc.log_grad_terms_every, tc.num_steps):
-        # Before the step (which donates the state): the decomposition of this very step.
-        grad_terms = {k: float(v) for k, v in
-                      jax.device_get(setup.decompose_fn(state, batch)).items()}
-      state, metrics, negatives = setup.step_fn(state, batch)
-      writer.report_progress(step)
-      _debug_signal(config, step, state)
-      if t_start is not None:
-        jax.block_until_ready(metrics)
-        logging.info("First step (compilation included) took %.1f s", time.time() - t_start)
-        t_last, s_last, t_start = time.time(), step, None
-      log_now = should_run(step, tc.log_every, tc.num_steps)
-      ckpt_now = should_run(step, tc.checkpoint_every, tc.num_steps) or stop.requested
-      if log_now or ckpt_now:
-        # The one host sync: the guard has checked every step since the last one on device.
-        m, guard = jax.device_get((metrics, state.guard))
-        if guard.cause != state_lib.GUARD_OK:
-          recovery.check(int(guard.cause), int(guard.trip_step), last_saved, ckpt.directory)
-          state = _rollback(setup, ckpt, state, config.guard.lr_factor)
-          event = {"event": "rollback", "cause": state_lib.GUARD_CAUSES[int(guard.cause)],
-                   "trip_step": int(guard.trip_step), "detected_step": step,
-                   "resumed_from_step": int(state.step), "recoveries": int(state.recoveries),
-                   "lr_scale": float(state.lr_scale)}
-          logging.warning("Divergence guard: %s at step %d (seen at step %d); rolled back to "
-                          "step %d, rollback %d, learning-rate scale %g.", event["cause"],
-                          event["trip_step"], step, event["resumed_from_step"],
-                          event["recoveries"], event["lr_scale"])
-          writer.rollback(int(state.step), event)
-          step = s_last = int(state.step)
-          stream = setup.stream(step)
-          t_last = time.time()
-          if stop.requested:  # the state rolled back to is a checkpoint already
-            break
-          continue
-        now = time.time()
-        rate = (step - s_last) / max(now - t_last, 1e-9) if step > s_last else float("nan")
-        if log_now:
-          scalars = {k: float(v) for k, v in m.items() if k != "finite"}
-          scalars["perf/steps_per_sec"] = rate
-          writer.write_scalars(step, {**scalars, **grad_terms})
-          grad_terms = {}
-          eta = (tc.num_steps - step) / rate if rate == rate and rate > 0 else float("nan")
-          logging.info("step %d/%d | loss %.4f | E+ %.4f E- %.4f | KL %.4f | %.2f steps/s | "
-                       "ETA %s", step, tc.num_steps, scalars["loss"], scalars["energy_pos"],
-                       scalars["energy_neg"], scalars["loss_kl"], rate, _fmt_eta(eta))
-        t_last, s_last = now, step
-      if grad_terms:  # a step that is not a log step
-        writer.write_scalars(step, grad_terms)
-      if should_run(step, tc.image_every, tc.num_steps) and len(setup.info.shape) == 3:
-        # every process takes part in the gather (the negatives are split over processes)
-        grid = sample_lib.make_grid(multihost_utils.process_allgather(negatives, tiled=True))
-        writer.write_images(step, {"negatives": grid[None]})
-      if ckpt_now:  # only reached with a clean guard: every checkpoint is a good one
-        ckpt.save(step, state)
-        last_saved = step
-      if stop.requested:
-        break
+  try:
+    with StopRequest() as stop:
+      while step < tc.num_steps:
+        step += 1
+        batch = setup.global_batch(next(stream))
+        grad_terms = {}
+        if should_run(step, tc.log_grad_terms_every, tc.num_steps):
+          # Before the step (which donates the state): the decomposition of this very step.
+          grad_terms = {k: float(v) for k, v in
+                        jax.device_get(setup.decompose_fn(state, batch)).items()}
+        state, metrics, negatives = setup.step_fn(state, batch)
+        writer.report_progress(step)
+        _debug_signal(config, step, state)
+        if t_start is not None:
+          jax.block_until_ready(metrics)
+          logging.info("First step (compilation included) took %.1f s", time.time() - t_start)
+          t_last, s_last, t_start = time.time(), step, None
+        log_now = should_run(step, tc.log_every, tc.num_steps)
+        ckpt_now = should_run(step, tc.checkpoint_every, tc.num_steps) or stop.requested
+        if log_now or ckpt_now:
+          # The one host sync: the guard has checked every step since the last one on device.
+          m, guard = jax.device_get((metrics, state.guard))
+          if guard.cause != state_lib.GUARD_OK:
+            recovery.check(int(guard.cause), int(guard.trip_step), last_saved, ckpt.directory)
+            state = _rollback(setup, ckpt, state, config.guard.lr_factor)
+            event = {"event": "rollback", "cause": state_lib.GUARD_CAUSES[int(guard.cause)],
+                     "trip_step": int(guard.trip_step), "detected_step": step,
+                     "resumed_from_step": int(state.step), "recoveries": int(state.recoveries),
+                     "lr_scale": float(state.lr_scale)}
+            logging.warning("Divergence guard: %s at step %d (seen at step %d); rolled back to "
+                            "step %d, rollback %d, learning-rate scale %g.", event["cause"],
+                            event["trip_step"], step, event["resumed_from_step"],
+                            event["recoveries"], event["lr_scale"])
+            writer.rollback(int(state.step), event)
+            step = s_last = int(state.step)
+            stream = setup.stream(step)
+            t_last = time.time()
+            if stop.requested:  # the state rolled back to is a checkpoint already
+              break
+            continue
+          now = time.time()
+          rate = (step - s_last) / max(now - t_last, 1e-9) if step > s_last else float("nan")
+          if log_now:
+            scalars = {k: float(v) for k, v in m.items() if k != "finite"}
+            scalars["perf/steps_per_sec"] = rate
+            writer.write_scalars(step, {**scalars, **grad_terms})
+            grad_terms = {}
+            eta = (tc.num_steps - step) / rate if rate == rate and rate > 0 else float("nan")
+            logging.info("step %d/%d | loss %.4f | E+ %.4f E- %.4f | KL %.4f | %.2f steps/s | "
+                         "ETA %s", step, tc.num_steps, scalars["loss"], scalars["energy_pos"],
+                         scalars["energy_neg"], scalars["loss_kl"], rate, _fmt_eta(eta))
+          t_last, s_last = now, step
+        if grad_terms:  # a step that is not a log step
+          writer.write_scalars(step, grad_terms)
+        if should_run(step, tc.image_every, tc.num_steps) and len(setup.info.shape) == 3:
+          # every process takes part in the gather (the negatives are split over processes)
+          grid = sample_lib.make_grid(multihost_utils.process_allgather(negatives, tiled=True))
+          writer.write_images(step, {"negatives": grid[None]})
+        if ckpt_now:  # only reached with a clean guard: every checkpoint is a good one
+          ckpt.save(step, state)
+          last_saved = step
+        if stop.requested:
+          break
+  except DivergenceError:  # leave metrics and checkpoints complete for whoever catches it
+    ckpt.wait()
+    ckpt.close()
+    writer.close()
+    raise
   ckpt.wait()
   writer.flush()
   if stop.requested:

@@ -4,9 +4,10 @@ import jax.numpy as jnp
 import ml_collections
 
 from ebm_jax.models.layers import SPECTRAL
-from ebm_jax.models.nets import (ARCHITECTURES, ATTN, MLPEnergy, ResNetEnergy, paper_heads)
+from ebm_jax.models.nets import (ARCHITECTURES, ATTN, JEMEnergy, MLPEnergy, ResNetEnergy,
+                                 paper_heads)
 
-__all__ = ["SPECTRAL", "make_model", "check_input_shape", "num_heads"]
+__all__ = ["SPECTRAL", "JEMEnergy", "make_model", "check_input_shape", "num_heads"]
 
 _DTYPES = {"float32": jnp.float32, "bfloat16": jnp.bfloat16}
 
@@ -66,8 +67,19 @@ def make_model(cfg: ml_collections.ConfigDict, shape: tuple[int, ...], num_class
   check_input_shape(cfg, shape)
   dtype = _DTYPES[cfg.dtype]
   if cfg.name == "mlp":
+    if cfg.get("jem", False):
+      raise ValueError("model.jem=True needs a convolutional net (resnet32, resnet128, mnist)")
     return MLPEnergy(tuple(cfg.mlp_hidden), dtype=dtype)
   if cfg.conv not in ("ws", "spectral", "plain"):
     raise ValueError(f"model.conv={cfg.conv!r} is not one of ['plain', 'spectral', 'ws']")
+  if cfg.get("jem", False):
+    if num_classes < 2:
+      raise ValueError("model.jem=True needs labelled data: set data.attribute='class' (or a "
+                       "shapes / CelebA attribute)")
+    if cfg.multiscale:
+      raise ValueError("model.jem=True is a single-scale classifier; set model.multiscale=False")
+    stem, stages = _heads(cfg)[0]
+    return JEMEnergy(stem, tuple(stages), num_classes, norm=cfg.norm, conv=cfg.conv,
+                     dtype=dtype)
   return ResNetEnergy(tuple((stem, tuple(st)) for stem, st in _heads(cfg)), norm=cfg.norm,
                       conv=cfg.conv, conditional=num_classes > 0, dtype=dtype)

@@ -16,6 +16,7 @@ counts) or `"paper"` (A.1 read literally, `paper_heads`).
 from typing import Any, Sequence
 
 import flax.linen as nn
+import jax
 import jax.numpy as jnp
 
 from ebm_jax.models.layers import (ResBlock, SelfAttention, avg_pool_down, conv, dense,
@@ -75,13 +76,15 @@ ARCHITECTURES = {"resnet32": resnet32_heads, "resnet128": resnet128_heads,
 
 
 class ResNetHead(nn.Module):
-  """stem conv + swish, residual stages, swish, global mean, Linear -> one energy per image."""
+  """stem conv + swish, residual stages, swish, global mean, Linear -> one energy per image
+  (or `outputs` > 1 numbers per image: JEM's class logits)."""
   stem: int
   stages: Sequence[Stage]
   norm: str = "instance_group"
   conv: str = "ws"
   conditional: bool = False
   dtype: Any = jnp.float32
+  outputs: int = 1
 
   @nn.compact
   def __call__(self, x, y=None, train: bool = False):
@@ -94,7 +97,8 @@ class ResNetHead(nn.Module):
         h = ResBlock(features, down, rescale, self.norm, self.conv, self.conditional,
                      self.dtype)(h, y, train)
     h = swish(h).mean(axis=(1, 2))
-    return dense(1, h.shape[-1])(h.astype(jnp.float32))[:, 0]
+    out = dense(self.outputs, h.shape[-1])(h.astype(jnp.float32))
+    return out[:, 0] if self.outputs == 1 else out
 
 
 class ResNetEnergy(nn.Module):
@@ -113,6 +117,30 @@ class ResNetEnergy(nn.Module):
                                  self.dtype, name=f"head{i}")(x, y, train))
       x = avg_pool_down(x)
     return jnp.stack(energies, axis=-1)  # (B, S), float32
+
+
+class JEMEnergy(nn.Module):
+  """JEM (Grathwohl et al. 2020): a classifier f whose logits define the energies
+  E(x, y) = −f(x)[y] (y one-hot) and E(x) = −logsumexp_y f(x)[y]. Single scale; no FiLM."""
+  stem: int
+  stages: Sequence[Stage]
+  num_classes: int
+  norm: str = "instance_group"
+  conv: str = "ws"
+  dtype: Any = jnp.float32
+
+  def setup(self):
+    self.classifier = ResNetHead(self.stem, tuple(self.stages), self.norm, self.conv, False,
+                                 self.dtype, outputs=self.num_classes)
+
+  def logits(self, x, train: bool = False):
+    return self.classifier(x, None, train)
+
+  def __call__(self, x, y=None, train: bool = False):
+    f = self.logits(x, train)
+    if y is None:
+      return -jax.nn.logsumexp(f, axis=-1, keepdims=True)  # (B, 1)
+    return -jnp.sum(f * y.astype(f.dtype), axis=-1, keepdims=True)
 
 
 class MLPEnergy(nn.Module):

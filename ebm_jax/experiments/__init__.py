@@ -1,0 +1,1 @@
+"""Experiment runners built on the training program (ablation.py: the paper's Table 2)."""

@@ -1,0 +1,253 @@
+"""The training regimes of issue 5: IGEBM, true CD and short-run chains with either KL sign,
+elastic transitions, MALA, JEM, and the ablation runner."""
+
+import importlib
+import json
+import os
+import subprocess
+import sys
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import optax
+import pytest
+
+from ebm_jax import buffer as buffer_lib
+from ebm_jax import data as data_lib
+from ebm_jax import langevin, losses, models, train
+from ebm_jax.experiments import ablation
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+
+
+def _config(name: str, variant: str, **overrides):
+  c = importlib.import_module(f"configs.{name}").get_config(variant)
+  c.data.download = False
+  for dotted, value in overrides.items():
+    ablation._set(c, dotted, value)  # pylint: disable=protected-access
+  return c
+
+
+# ------------------------------------------------------------------------------------ MALA
+
+
+def _gaussian(mu: float, s: float):
+  return lambda x: (jnp.sum((x - mu) ** 2, axis=-1) / (2 * s * s))[:, None]
+
+
+def _run(sampler: str, step_size: float, noise: float, *, n=4000, steps=300, x0=None):
+  energy = _gaussian(0.5, 1.0)
+  kernel = langevin.build_kernel(energy, step_size, x_range=None, sampler=sampler)
+  x0 = jnp.zeros((n, 1)) if x0 is None else x0
+  state, infos = langevin.run_chain(kernel, jax.random.key(0), x0, steps, noise)
+  return np.asarray(state.x[:, 0]), np.asarray(infos.accepted)
+
+
+def test_mala_accepts_small_steps_and_rejects_huge_ones():
+  # sigma^2 = 2 lambda: the target is exp(-E), N(0.5, 1)
+  _, small = _run("mala", 1e-4, np.sqrt(2e-4), n=500, steps=50)
+  _, huge = _run("mala", 25.0, np.sqrt(50.0), n=500, steps=50)
+  assert small.mean() > 0.98, small.mean()
+  assert huge.mean() < 0.05, huge.mean()
+
+
+def test_mala_keeps_the_target_where_unadjusted_langevin_is_biased():
+  # lambda = s^2 / 2: the unadjusted chain's stationary variance is s^2 / 3 (closed form for
+  # this kernel, which adds the noise before the gradient step); MALA's is exactly s^2.
+  lam = 0.5
+  x_mala, acc = _run("mala", lam, np.sqrt(2 * lam))
+  x_ula, ula_acc = _run("ula", lam, np.sqrt(2 * lam))
+  assert np.all(ula_acc == 1.0)
+  assert 0.3 < acc.mean() < 0.99
+  assert abs(x_mala.mean() - 0.5) < 0.06 and abs(x_mala.var() - 1.0) < 0.08, (
+      x_mala.mean(), x_mala.var())
+  assert abs(x_ula.var() - 1.0 / 3.0) < 0.04, x_ula.var()
+
+
+def test_mala_never_leaves_the_box():
+  kernel = langevin.build_kernel(_gaussian(0.5, 0.3), 0.02, x_range=(0.0, 1.0), sampler="mala")
+  x0 = jax.random.uniform(jax.random.key(1), (256, 4))
+  state, infos = langevin.run_chain(kernel, jax.random.key(2), x0, 50, 0.2)
+  assert float(state.x.min()) >= 0.0 and float(state.x.max()) <= 1.0
+  assert 0.0 < float(infos.accepted.mean()) < 1.0
+
+
+# ------------------------------------------------------------------------------------- JEM
+
+
+def test_jem_energies_are_minus_logsumexp_and_minus_the_class_logit():
+  cfg = _config("jem_fashion_mnist", "tiny").model
+  model = models.make_model(cfg, (28, 28, 1), 10)
+  x = jax.random.uniform(jax.random.key(0), (5, 28, 28, 1))
+  params = model.init(jax.random.key(1), x)
+  logits = np.asarray(model.apply(params, x, method=models.JEMEnergy.logits), np.float64)
+  assert logits.shape == (5, 10)
+  lse = np.log(np.exp(logits - logits.max(1, keepdims=True)).sum(1)) + logits.max(1)
+  np.testing.assert_allclose(np.asarray(model.apply(params, x))[:, 0], -lse, rtol=1e-5)
+  y = jax.nn.one_hot(jnp.array([3, 0, 9, 3, 1]), 10)
+  np.testing.assert_allclose(np.asarray(model.apply(params, x, y))[:, 0],
+                             -logits[np.arange(5), [3, 0, 9, 3, 1]], rtol=1e-5)
+
+
+def test_jem_classifier_head_trains_on_a_toy_problem():
+  cfg = _config("jem_fashion_mnist", "tiny").model
+  model = models.make_model(cfg, (8, 8, 1), 2)
+  rng = np.random.default_rng(0)
+  labels = rng.integers(0, 2, 64)
+  x = jnp.asarray(0.3 + 0.4 * labels[:, None, None, None] + 0.1 * rng.normal(size=(64, 8, 8, 1)),
+                  jnp.float32)
+  y = jax.nn.one_hot(labels, 2)
+  params = model.init(jax.random.key(0), x[:1])
+  tx = optax.adam(3e-3)
+  opt = tx.init(params)
+
+  def ce(p):
+    logits = model.apply(p, x, method=models.JEMEnergy.logits)
+    return optax.softmax_cross_entropy(logits, y).mean()
+
+  @jax.jit
+  def step(p, o):
+    loss, g = jax.value_and_grad(ce)(p)
+    u, o = tx.update(g, o)
+    return optax.apply_updates(p, u), o, loss
+
+  first = float(ce(params))
+  for _ in range(40):
+    params, opt, _ = step(params, opt)
+  assert float(ce(params)) < 0.3 * first, (first, float(ce(params)))
+
+
+def test_jem_needs_labels_and_a_single_scale():
+  cfg = _config("jem_fashion_mnist", "tiny").model
+  with pytest.raises(ValueError, match="labelled data"):
+    models.make_model(cfg, (28, 28, 1), 0)
+  cfg.multiscale = True
+  with pytest.raises(ValueError, match="single-scale"):
+    models.make_model(cfg, (28, 28, 1), 10)
+
+
+# --------------------------------------------------------------------------------- KL sign
+
+
+def test_right_kl_is_the_negated_paper_kl():
+  cfg = _config("digits", "tiny", **{"loss.ent_min_buffer": 0})
+  model = models.make_model(cfg.model, (8, 8, 1))
+  params = model.init(jax.random.key(0), jnp.zeros((1, 8, 8, 1)))["params"]
+  energy = lambda p, x, y: model.apply({"params": p}, x, y)
+  k = jax.random.split(jax.random.key(1), 4)
+  x = jax.random.uniform(k[0], (6, 8, 8, 1))
+  kl = losses.KLInputs(x_noised=x, x0=x, chain_key=k[1], labels=None)
+  args = dict(x_pos=jax.random.uniform(k[2], x.shape), y_pos=None, x_neg=x, y_neg=None, kl=kl,
+              ent_refs=jax.random.uniform(k[3], (10, 8, 8, 1)), ent_active=jnp.array(True))
+  _, paper = losses.icd_loss(params, energy, cfg=cfg, **args)
+  cfg.loss.kl_form = "right"
+  _, right = losses.icd_loss(params, energy, cfg=cfg, **args)
+  for term in ("opt", "ent", "kl"):
+    assert float(paper[term]) != 0.0
+    np.testing.assert_allclose(float(right[term]), -float(paper[term]), rtol=1e-6)
+  np.testing.assert_allclose(float(right["cd"]), float(paper["cd"]))
+
+
+# ------------------------------------------------------------------- true CD and regimes
+
+
+def test_true_cd_buffer_holds_training_images_at_initialisation():
+  cfg = _config("true_cd", "digits,tiny")
+  setup = train.Setup(cfg)
+  state = setup.fresh_state()
+  buf = state.buffer
+  assert int(buf.size) == cfg.buffer.capacity
+  stored = np.asarray(buffer_lib.decode(jax.random.key(0), buf.data)).reshape(len(buf.data), -1)
+  train_images = data_lib.load_arrays(cfg.data, 10**6, split="train")["image"]
+  levels = setup.info.levels
+  train_unit = train_images.reshape(len(train_images), -1).astype(np.float64) / levels
+  # each item is a dequantised training image: within one level (+ 8-bit storage) of one
+  dist = np.abs(stored[:, None, :] - train_unit[None, :, :]).max(-1).min(1)
+  assert dist.max() <= 1.0 / levels + 1.0 / 256 + 1e-6, dist.max()
+  # ... which uniform noise is not
+  noise = np.random.default_rng(0).uniform(size=(8, stored.shape[1]))
+  assert np.abs(noise[:, None] - train_unit[None]).max(-1).min(1).min() > 0.3
+  # the plain config starts empty
+  assert int(train.Setup(_config("digits", "tiny")).fresh_state().buffer.size) == 0
+
+
+REGIMES = [
+    ("igebm_fashion_mnist", "tiny", {}),
+    ("igebm_cifar10", "tiny", {"data.name": "shapes"}),
+    ("true_cd", "digits,tiny", {}),
+    ("true_cd", "digits,shortrun,right_kl,tiny", {}),
+    ("true_cd", "paper_kl,elastic,tiny", {}),
+    ("fashion_mnist", "elastic,tiny", {}),
+    ("digits", "tiny", {"langevin.sampler": "mala", "langevin.step_size": 1e-4,
+                        "langevin.noise_scale": 0.01}),
+    ("jem_fashion_mnist", "tiny", {}),
+]
+
+
+@pytest.mark.parametrize("name,variant,overrides", REGIMES)
+def test_each_regime_trains_a_few_steps(name, variant, overrides):
+  cfg = _config(name, variant, **overrides)
+  setup = train.Setup(cfg)
+  state = setup.fresh_state()
+  stream = setup.stream(0)
+  for _ in range(2):
+    state, metrics, _ = setup.step_fn(state, setup.global_batch(next(stream)))
+  m = jax.device_get(metrics)
+  assert bool(m["finite"]) and int(state.step) == 2
+  assert 0.0 <= float(m["langevin_accept_rate"]) <= 1.0
+  if cfg.langevin.sampler == "ula":
+    assert float(m["langevin_accept_rate"]) == 1.0
+  if cfg.model.jem:
+    assert "loss_ce" in m and 0.0 <= float(m["train_accuracy"]) <= 1.0
+  if not (cfg.loss.opt or cfg.loss.ent):
+    assert float(m["loss_kl"]) == 0.0
+  if cfg.buffer.noise_restart_prob == 1.0:
+    assert float(m["restart_fraction"]) == 1.0
+
+
+# ------------------------------------------------------------------------------ ablation
+
+
+def test_ablation_rows_are_cumulative_and_multiscale_is_na_for_one_scale_nets():
+  rows = ablation.row_configs(_config("digits", "tiny"))
+  names = [r[0] for r in rows]
+  assert names == list(ablation.ROW_NAMES)
+  by = dict((r[0], r[2]) for r in rows)
+  assert not by["base"].loss.opt and by["base"].buffer.kind == "fifo"
+  assert not by["base"].buffer.augment and by["+aug"].buffer.augment
+  assert by["+L_ent"].loss.opt and by["+L_ent"].loss.ent
+  assert isinstance(by["+multiscale"], str) and "one scale" in by["+multiscale"]
+  assert by["+reservoir"].buffer.kind == "reservoir" and not by["+reservoir"].loss.kl_all_steps
+  assert by["+kl_all"].loss.kl_all_steps
+  cifar = dict((r[0], r[2]) for r in ablation.row_configs(_config("cifar10", "tiny")))
+  assert not cifar["+L_ent"].model.multiscale and cifar["+multiscale"].model.multiscale
+
+
+def test_ablation_runner_writes_its_table_and_skips_finished_rows(tmp_path):
+  workdir, cache = tmp_path / "abl", tmp_path / "cache"
+  args = [sys.executable, "-m", "ebm_jax.experiments.ablation",
+          "--config=configs/digits.py:tiny", f"--workdir={workdir}", "--rows=base,+L_opt",
+          "--steps=2", "--num=20", f"--cache_dir={cache}", "--gap_bound=1e6"]
+  args.append("--classifier_steps=100")
+  proc = subprocess.run(args, capture_output=True, text=True, timeout=900, cwd=ROOT)
+  assert proc.returncode == 0, proc.stderr[-3000:]
+  table = (workdir / "ablation.md").read_text()
+  assert "| base |" in table and "| +L_opt |" in table and "stable" in table
+  assert (workdir / "energy_gap.png").stat().st_size > 0
+  summary = json.loads((workdir / "ablation.json").read_text())["rows"]
+  assert [s["row"] for s in summary] == ["base", "+L_opt"]
+  assert all(s["frechet_distance"] > 0 and 0 <= s["ood_auroc_mean"] <= 1 for s in summary)
+  done = workdir / "base" / "seed_0" / "row_result.json"
+  stamp = done.stat().st_mtime_ns
+  proc = subprocess.run(args, capture_output=True, text=True, timeout=900, cwd=ROOT)
+  assert proc.returncode == 0, proc.stderr[-3000:]
+  assert "finished earlier, skipped" in proc.stderr
+  assert done.stat().st_mtime_ns == stamp
+  # a bound every step exceeds: the row is reported diverged, with the step
+  args[4] = f"--workdir={tmp_path / 'diverging'}"
+  args += ["--rows=base", "--gap_bound=1e-9", "--gap_patience=1"]
+  proc = subprocess.run(args, capture_output=True, text=True, timeout=900, cwd=ROOT)
+  assert proc.returncode == 0, proc.stderr[-3000:]
+  row = json.loads((tmp_path / "diverging" / "ablation.json").read_text())["rows"][0]
+  assert row["verdict"].startswith("diverged (1/1: energies") and "at step 1" in row["verdict"]

@@ -5,6 +5,7 @@ from typing import Any
 import ml_collections
 
 from ebm_jax import buffer as buffer_lib
+from ebm_jax import langevin
 
 
 class UserError(Exception):
@@ -22,7 +23,7 @@ CHOICES = {
     "model.conv": ("ws", "spectral", "plain"),
     "model.dtype": ("float32", "bfloat16"),
     "buffer.kind": buffer_lib.KINDS,
-    "langevin.sampler": ("ula", "mala"),
+    "langevin.sampler": langevin.SAMPLERS,
     "loss.kl_form": ("paper", "right"),
     "buffer.init": ("noise", "data"),
     "buffer.storage": buffer_lib.STORAGES,

@@ -16,7 +16,6 @@ carry every requested attribute, for the composition, for each model alone, and 
 """
 
 import dataclasses
-import functools
 import json
 import os
 from typing import Callable
@@ -26,8 +25,7 @@ import jax.numpy as jnp
 import numpy as np
 from absl import app, flags
 
-from ebm_jax import augment as augment_lib
-from ebm_jax import config_lib, langevin
+from ebm_jax import config_lib
 from ebm_jax import sample as sample_lib
 
 OPS = ("and", "or", "not")
@@ -108,29 +106,13 @@ def sample_composition(components: list[Component], op: str, key: jax.Array, num
   shape = tuple(first.info.shape)
   config = first.config
   settings = sample_lib.chain_settings(config, steps=steps)
-  step_size = settings.pop("step_size") / len(components)
+  settings["step_size"] /= len(components)
   use_aug = config.sample.augment if augment is None else augment
-  transition = None
-  if use_aug and settings["num_blocks"] and len(shape) == 3:
-    transition = functools.partial(augment_lib.augment_batch,
-                                   augment_lib.make_transition(config.augment))
-  energy = composed_energy([c.energy for c in components], op, temperature=temperature,
-                           alpha=alpha)
-  lc = config.langevin
-  batch = min(config.sample.batch_size, num)
-
-  @jax.jit
-  def run(key):
-    kernel = langevin.build_kernel(energy, step_size, lc.grad_clip,
-                                   (0.0, 1.0) if lc.clip_x else None, lc.sampler)
-    lo, hi = config.buffer.noise_range
-    x0 = jax.random.uniform(jax.random.fold_in(key, 0), (batch,) + shape, minval=lo,
-                            maxval=hi)
-    return langevin.run_test_chain(kernel, transition, jax.random.fold_in(key, 1), x0,
-                                   noise_scale=lc.noise_scale, **settings)[0]
-
-  out = [np.asarray(run(jax.random.fold_in(key, i))) for i in range(0, num, batch)]
-  return np.concatenate(out)[:num]
+  composed = composed_energy([c.energy for c in components], op, temperature=temperature,
+                             alpha=alpha)
+  x, _ = sample_lib.generate(config, None, None, key, num, shape, augment=use_aug,
+                             energy_fn=lambda x, _: composed(x)[:, None], **settings)
+  return x
 
 
 def attribute_success(samples: np.ndarray, requested: dict[str, int], classifiers: dict) -> dict:

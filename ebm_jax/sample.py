@@ -76,9 +76,12 @@ def chain_settings(config: ml_collections.ConfigDict, *, steps: int | None = Non
 def generate(config: ml_collections.ConfigDict, model, variables, key: jax.Array, num: int,
              shape: tuple[int, ...], labels: np.ndarray | None = None, *, num_blocks: int,
              block_steps: int, final_steps: int, step_size: float,
-             augment: bool = True) -> tuple[np.ndarray, dict]:
+             augment: bool = True, energy_fn=None) -> tuple[np.ndarray, dict]:
   """`num` samples from uniform noise by the test-time chain; runs in batches of
-  config.sample.batch_size (one compilation). Returns (samples, diagnostics per step)."""
+  config.sample.batch_size (one compilation). Returns (samples, diagnostics per step).
+  `energy_fn(x, y) -> (B, S)` replaces model.apply(variables, x, y) (e.g. a composition)."""
+  if energy_fn is None:
+    energy_fn = lambda x, y: model.apply(variables, x, y)
   lc = config.langevin
   x_range = (0.0, 1.0) if lc.clip_x else None
   transition = None
@@ -89,8 +92,7 @@ def generate(config: ml_collections.ConfigDict, model, variables, key: jax.Array
 
   @jax.jit
   def run(key, y):
-    energy = lambda x: model.apply(variables, x, y)
-    kernel = langevin.build_kernel(energy, step_size, lc.grad_clip, x_range, lc.sampler)
+    kernel = langevin.build_kernel(lambda x: energy_fn(x, y), step_size, lc.grad_clip, x_range, lc.sampler)
     lo, hi = config.buffer.noise_range
     x0 = jax.random.uniform(jax.random.fold_in(key, 0), (batch,) + tuple(shape),
                             minval=lo, maxval=hi)

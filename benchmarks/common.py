@@ -13,6 +13,8 @@ import jax
 from absl import flags
 from ml_collections import config_flags
 
+from ebm_jax import cli
+
 # Dense peak TFLOP/s (no sparsity) per device, from the vendors' data sheets.
 PEAK_TFLOPS = {
     "H100": {"bfloat16": 989.0, "float32": 494.0},  # SXM; float32 = TF32 tensor cores
@@ -31,7 +33,7 @@ def define_flags() -> None:
   flags.DEFINE_integer("repeats", 5, "Timed calls; the median is reported.")
   flags.DEFINE_integer("warmup", 1, "Untimed calls after the compiling one.")
   flags.DEFINE_string("out", "", "Also write the JSON to this file.")
-  flags.DEFINE_bool("debug", False, "Show tracebacks for user errors.")
+  cli.define_common_flags(workdir=False)
   flags.mark_flags_as_required(["config"])
 
 

@@ -16,7 +16,7 @@ import jax.numpy as jnp
 from absl import app, flags
 
 from benchmarks import common
-from ebm_jax import cli, langevin, sharding, train
+from ebm_jax import cli, langevin, sharding, step, train
 
 FLAGS = flags.FLAGS
 common.define_flags()
@@ -30,7 +30,7 @@ def run() -> dict:
   unroll = langevin.resolve_unroll(lc.unroll, lc.num_steps)
   b, k = config.train.batch_size, lc.num_steps
   x_range = (0.0, 1.0) if lc.clip_x else None
-  energy = train.energy_fn(setup.model)
+  energy = step.energy_fn(setup.model)
   num_classes = setup.info.num_classes
   y = jnp.zeros((b, num_classes), jnp.float32).at[:, 0].set(1.0) if num_classes else None
 
@@ -76,7 +76,7 @@ def run() -> dict:
 
 def main(argv) -> None:
   del argv
-  cli.run_guarded(lambda: common.emit(run(), FLAGS.out))
+  cli.run_guarded(lambda: common.emit(run(), FLAGS.out), compilation_cache=False)
 
 
 if __name__ == "__main__":

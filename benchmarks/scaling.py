@@ -126,7 +126,7 @@ def run() -> dict:
 
 def main(argv) -> None:
   del argv
-  cli.run_guarded(lambda: common.emit(run(), FLAGS.out))
+  cli.run_guarded(lambda: common.emit(run(), FLAGS.out), compilation_cache=False)
 
 
 if __name__ == "__main__":

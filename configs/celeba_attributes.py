@@ -1,26 +1,4 @@
-"""One conditional model per CelebA attribute, for compositional generation (paper §3.3, Fig. 10;
-ref §3.5): train one run per attribute and compose them at sampling time.
+"""`--config=configs/celeba_attributes.py[:VARIANT]`: defined in ebm_jax/configs/celeba_attributes.py (its docstring
+lists the variants), inside the package, so this file loads from any working directory."""
 
-  --config=configs/celeba_attributes.py:Young      (also Male, Smiling, Wavy_Hair; add ,tiny)
-
-CelebA with attribute labels comes from tfds `celeb_a` (218x178, centre-cropped and resized);
-labels are one-hot(2) of the attribute (ref §1.1).
-"""
-
-from configs import celebahq, default
-
-ATTRIBUTES = ("Young", "Male", "Smiling", "Wavy_Hair")
-
-
-def get_config(variant: str = ""):
-  tokens = default.parse_variant(variant, ATTRIBUTES)
-  attributes = [t for t in tokens if t != "tiny"] or ["Young"]
-  if len(attributes) > 1:
-    raise ValueError(f"one attribute per model, got {attributes}")
-  c = celebahq.get_config()
-  c.data.name = "celeba"
-  c.data.attribute = attributes[0]
-  default.finish(c, variant, ATTRIBUTES)
-  if "tiny" in tokens:
-    c.data.image_size = 64
-  return c
+from ebm_jax.configs.celeba_attributes import get_config  # noqa: F401

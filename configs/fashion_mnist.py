@@ -1,42 +1,4 @@
-"""Fashion-MNIST 28x28 grey from Debian's `dataset-fashion-mnist` IDX files (offline).
-Variants: `:tiny` (tests), `:cpu` (1,500 small steps, for measured runs on a CPU), `:elastic`
-(elastic-deformation transitions at train and test time, critique §6.3).
+"""`--config=configs/fashion_mnist.py[:VARIANT]`: defined in ebm_jax/configs/fashion_mnist.py (its docstring
+lists the variants), inside the package, so this file loads from any working directory."""
 
-  sudo apt-get install dataset-fashion-mnist   # or --config.data.path=/folder/with/idx/files
-"""
-
-from configs import default, regimes
-
-
-VARIANTS = ("cpu", "elastic")
-
-
-def get_config(variant: str = ""):
-  c = default.get_config()
-  c.data.name = "fashion_mnist"
-  c.data.image_size = 28
-  c.data.channels = 1
-  c.model.name = "mnist"
-  c.model.features = 32
-  c.model.multiscale = False
-  c.model.attention = False
-  c.langevin.num_steps = 40  # paper A.2 (as CIFAR-10)
-  c.loss.kl_samples = 32  # ref §1.4 (n = 32 on mnist)
-  c.augment.flip = True  # clothes are left-right symmetric enough
-  c.augment.color_strength = 0.0  # grey images
-  c.augment.grayscale_prob = 0.0
-  c.augment.crop_scale = (0.5, 1.0)
-  c.augment.blur_kernel = 0
-  c.train.batch_size = 64
-  c.train.num_steps = 20_000
-  tokens = default.parse_variant(variant, VARIANTS)
-  default.finish(c, variant, VARIANTS)  # `:cpu` is default.apply_cpu
-  if "cpu" in tokens:
-    c.loss.kl_samples = 0  # the whole batch
-  if "elastic" in tokens:  # critique §6.3: elastic deformations instead of crops and flips
-    regimes.apply_elastic(c)
-    if "tiny" in tokens:
-      default.apply_tiny(c)
-  if "tiny" in tokens:
-    c.loss.kl_samples = 4
-  return c
+from ebm_jax.configs.fashion_mnist import get_config  # noqa: F401

@@ -1,13 +1,4 @@
-"""IGEBM (Du & Mordatch 2019) on CIFAR-10: the predecessor's regime (configs/regimes.py)
-on the CIFAR-10 net without multiscale heads; for side-by-side runs with configs/cifar10.py."""
+"""`--config=configs/igebm_cifar10.py[:VARIANT]`: defined in ebm_jax/configs/igebm_cifar10.py (its docstring
+lists the variants), inside the package, so this file loads from any working directory."""
 
-from configs import cifar10, default, regimes
-
-
-def get_config(variant: str = ""):
-  c = cifar10.get_config(variant)
-  regimes.apply_igebm(c)
-  c.model.attention = False  # IGEBM's ResNet has no self-attention
-  if "tiny" in default.parse_variant(variant):
-    default.apply_tiny(c)  # the IGEBM chain and buffer sizes back to test size
-  return c
+from ebm_jax.configs.igebm_cifar10 import get_config  # noqa: F401

@@ -1,12 +1,4 @@
-"""IGEBM (Du & Mordatch 2019) on Fashion-MNIST (configs/regimes.py); `:cpu` for a CPU-sized
-net and batch with the IGEBM sampler kept, `:tiny` for tests."""
+"""`--config=configs/igebm_fashion_mnist.py[:VARIANT]`: defined in ebm_jax/configs/igebm_fashion_mnist.py (its docstring
+lists the variants), inside the package, so this file loads from any working directory."""
 
-from configs import default, fashion_mnist, regimes
-
-
-def get_config(variant: str = ""):
-  c = fashion_mnist.get_config(variant)
-  regimes.apply_igebm(c)
-  if "tiny" in default.parse_variant(variant, fashion_mnist.VARIANTS):
-    default.apply_tiny(c)  # the IGEBM chain and buffer sizes back to test size
-  return c
+from ebm_jax.configs.igebm_fashion_mnist import get_config  # noqa: F401

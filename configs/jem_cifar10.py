@@ -1,10 +1,4 @@
-"""JEM (Grathwohl et al. 2020) on CIFAR-10: the CIFAR-10 net, single scale, with 10 class
-logits; E(x) = −logsumexp f(x) (configs/regimes.py)."""
+"""`--config=configs/jem_cifar10.py[:VARIANT]`: defined in ebm_jax/configs/jem_cifar10.py (its docstring
+lists the variants), inside the package, so this file loads from any working directory."""
 
-from configs import cifar10, regimes
-
-
-def get_config(variant: str = ""):
-  c = cifar10.get_config(variant)
-  regimes.apply_jem(c)
-  return c
+from ebm_jax.configs.jem_cifar10 import get_config  # noqa: F401

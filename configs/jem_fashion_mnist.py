@@ -1,11 +1,4 @@
-"""JEM (Grathwohl et al. 2020) on Fashion-MNIST: a 10-way classifier whose logsumexp is the
-energy, trained with cross-entropy plus the project's generative loss (configs/regimes.py).
-Variants as configs/fashion_mnist.py (`:cpu`, `:tiny`)."""
+"""`--config=configs/jem_fashion_mnist.py[:VARIANT]`: defined in ebm_jax/configs/jem_fashion_mnist.py (its docstring
+lists the variants), inside the package, so this file loads from any working directory."""
 
-from configs import fashion_mnist, regimes
-
-
-def get_config(variant: str = ""):
-  c = fashion_mnist.get_config(variant)
-  regimes.apply_jem(c)
-  return c
+from ebm_jax.configs.jem_fashion_mnist import get_config  # noqa: F401

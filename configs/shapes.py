@@ -1,33 +1,4 @@
-"""Procedurally rendered shapes with known attributes (offline), for compositional generation:
-one conditional model per attribute, composed at sampling time (paper §3.3).
+"""`--config=configs/shapes.py[:VARIANT]`: defined in ebm_jax/configs/shapes.py (its docstring
+lists the variants), inside the package, so this file loads from any working directory."""
 
-  --config=configs/shapes.py:shape     (also color, size, position; add ,tiny or ,cpu)
-"""
-
-from configs import default
-
-ATTRIBUTES = ("shape", "color", "size", "position")
-
-
-def get_config(variant: str = ""):
-  tokens = default.parse_variant(variant, ATTRIBUTES + ("cpu",))
-  attributes = [t for t in tokens if t not in ("tiny", "cpu")] or ["shape"]
-  if len(attributes) > 1:
-    raise ValueError(f"one attribute per model, got {attributes}")
-  c = default.get_config()
-  c.data.name = "shapes"
-  c.data.image_size = 32
-  c.data.attribute = attributes[0]
-  c.model.name = "resnet32"
-  c.model.features = 32
-  c.augment.flip = attributes[0] != "position"  # a mirror image swaps left and right
-  c.augment.color_strength = 0.0  # colour is an attribute: do not jitter it away
-  c.augment.grayscale_prob = 0.0
-  c.augment.crop_scale = (0.8, 1.0)  # position and size are attributes too
-  c.augment.blur_kernel = 5
-  c.train.batch_size = 64
-  c.train.num_steps = 20_000
-  default.finish(c, variant, ATTRIBUTES + ("cpu",))  # `:cpu` is default.apply_cpu
-  if "cpu" in tokens or "tiny" in tokens:
-    c.data.image_size = 16
-  return c
+from ebm_jax.configs.shapes import get_config  # noqa: F401

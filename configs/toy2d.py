@@ -1,45 +1,4 @@
-"""2-D toy densities with an MLP energy: densities known in closed form, so the learned model
-can be compared with the truth.   --config=configs/toy2d.py:8gaussians  (rings, checkerboard,
-two_moons; add ,tiny)
+"""`--config=configs/toy2d.py[:VARIANT]`: defined in ebm_jax/configs/toy2d.py (its docstring
+lists the variants), inside the package, so this file loads from any working directory."""
 
-Images' ICD step sizes do not apply here: the sampler is textbook Langevin (σ² = 2λ) on an
-unbounded space, with no augmentation.
-"""
-
-from configs import default
-
-DENSITIES = ("8gaussians", "rings", "checkerboard", "two_moons")
-
-
-def get_config(variant: str = ""):
-  tokens = default.parse_variant(variant, DENSITIES)
-  names = [t for t in tokens if t != "tiny"] or ["8gaussians"]
-  c = default.get_config()
-  c.data.name = "toy2d"
-  c.data.toy_density = names[0]
-  c.model.name = "mlp"
-  c.model.mlp_hidden = (128, 128, 128)
-  c.langevin.num_steps = 50
-  c.langevin.step_size = 0.005
-  c.langevin.noise_scale = 0.1  # sqrt(2 * 0.005): textbook Langevin
-  c.langevin.clip_x = False
-  c.buffer.storage = "float32"
-  c.buffer.noise_range = (-4.0, 4.0)
-  c.buffer.augment = False
-  c.loss.ent_num_refs = 256
-  c.loss.ent_min_buffer = 500
-  c.sample.augment = False
-  c.sample.num = 2000
-  c.sample.batch_size = 2000
-  c.sample.num_blocks = 0
-  c.sample.final_steps = 500
-  c.train.batch_size = 256
-  c.train.num_steps = 5000
-  c.train.log_every = 100
-  default.finish(c, variant, DENSITIES)
-  if "tiny" in tokens:
-    c.model.mlp_hidden = (16, 16)
-    c.sample.num = 64
-    c.sample.batch_size = 64
-    c.sample.final_steps = 5
-  return c
+from ebm_jax.configs.toy2d import get_config  # noqa: F401

@@ -1,37 +1,4 @@
-"""True contrastive divergence and short-run chains (critique §6.1), with or without a KL term.
+"""`--config=configs/true_cd.py[:VARIANT]`: defined in ebm_jax/configs/true_cd.py (its docstring
+lists the variants), inside the package, so this file loads from any working directory."""
 
-  --config=configs/true_cd.py                      chains start at data (10 % refreshed), no KL
-  --config=configs/true_cd.py:shortrun             chains start from noise at every step
-  --config=configs/true_cd.py:right_kl             ... plus the "right" KL (critique §5.4.1)
-  --config=configs/true_cd.py:paper_kl             ... plus the paper's KL
-  add digits (instead of Fashion-MNIST), elastic (critique §6.3), cpu or tiny: e.g. :digits,tiny
-"""
-
-from configs import default, digits, fashion_mnist, regimes
-
-VARIANTS = ("shortrun", "right_kl", "paper_kl", "digits", "elastic", "cpu")
-
-
-def get_config(variant: str = ""):
-  tokens = default.parse_variant(variant, VARIANTS)
-  if "right_kl" in tokens and "paper_kl" in tokens:
-    raise ValueError("choose one of right_kl and paper_kl")
-  size = ",".join(t for t in tokens if t in ("cpu", "tiny"))
-  if "digits" in tokens:
-    if "cpu" in tokens:
-      raise ValueError("the digits config is already CPU-sized; drop `cpu`")
-    c = digits.get_config(size)
-  else:
-    c = fashion_mnist.get_config(size)
-  if "shortrun" in tokens:
-    regimes.apply_short_run(c)
-  else:
-    regimes.apply_true_cd(c)
-  for form in ("right", "paper"):
-    if f"{form}_kl" in tokens:
-      regimes.apply_kl(c, form)
-  if "elastic" in tokens:
-    regimes.apply_elastic(c)
-  if "tiny" in tokens:
-    default.apply_tiny(c)  # chain, buffer and sampler back to test size
-  return c
+from ebm_jax.configs.true_cd import get_config  # noqa: F401

@@ -1,7 +1,7 @@
 """What each loss term does to the parameter gradient (the paper's Fig. 12).
 
 For a state and a batch, `make_gradient_decomposition` recomputes exactly what the training
-step would (same chain, same random numbers: `train.make_negative_phase`) and differentiates
+step would (same chain, same random numbers: `step_lib.make_negative_phase`) and differentiates
 each term of the loss on its own: L_CD, L_reg, L_opt, L_ent, L_KL = L_opt + L_ent and the total.
 It reports their global gradient norms, the cosine between ∇L_KL and ∇L_CD, and both again per
 layer group (a head's stem conv, each residual block, the attention block, the output layer).
@@ -17,7 +17,7 @@ import jax.numpy as jnp
 import ml_collections
 import optax
 
-from ebm_jax import train
+from ebm_jax import step as step_lib
 
 TERMS = ("cd", "reg", "opt", "ent")  # the four terms of the loss, as losses.icd_loss names them
 PREFIX = "grad_terms/"
@@ -47,8 +47,8 @@ def _cosine(a, b) -> jax.Array:
 def term_gradients(config: ml_collections.ConfigDict, model, info, state, batch, phase=None):
   """{term: parameter gradient} for cd, reg, opt, ent, kl (= opt + ent), ce (JEM only) and
   total. Not jitted (see make_gradient_decomposition)."""
-  phase = phase or train.make_negative_phase(config, model, info)
-  loss_fn = train.make_loss_fn(config, model, phase(state, batch))
+  phase = phase or step_lib.make_negative_phase(config, model, info)
+  loss_fn = step_lib.make_loss_fn(config, model, phase(state, batch))
 
   def terms(params):
     _, aux = loss_fn(params)
@@ -80,7 +80,7 @@ def summarize(grads) -> dict[str, jax.Array]:
 def make_gradient_decomposition(config: ml_collections.ConfigDict, model, info, mesh=None):
   """Returns a function decompose(state, batch) -> {name: scalar} (see `summarize`), to be
   jitted by the caller with the training step's shardings."""
-  phase = train.make_negative_phase(config, model, info, mesh)
+  phase = step_lib.make_negative_phase(config, model, info, mesh)
 
   def decompose(state, batch):
     return summarize(term_gradients(config, model, info, state, batch, phase))

@@ -7,12 +7,13 @@ the divergence guard allows (EXIT_DIVERGED).
 """
 
 import logging as py_logging
+import os
 import sys
 from typing import Callable
 
 from absl import flags
 
-from ebm_jax import config_lib, data
+from ebm_jax import errors
 
 EXIT_USER_ERROR = 2
 EXIT_DIVERGED = 3
@@ -65,22 +66,83 @@ def load_config_flag(name: str = "config"):
     return config
   except (OSError, ImportError, SyntaxError, ValueError, AttributeError) as e:
     last = [line for line in str(e).splitlines() if line.strip()]
-    raise config_lib.UserError(f"--{name}: {' / '.join(l.strip() for l in last[-2:])}") from e
+    raise errors.UserError(f"--{name}: {' / '.join(l.strip() for l in last[-2:])}") from e
 
 
-def run_guarded(fn: Callable[[], None]) -> None:
-  """Runs fn; user-facing errors become a message on stderr and an exit code."""
-  from ebm_jax import train  # train imports much; keep this module light
+def define_common_flags(workdir: bool = True) -> None:
+  """The flags every entry point shares, defined once: --debug and --workdir."""
+  if "debug" not in flags.FLAGS:
+    flags.DEFINE_bool("debug", False, "Show tracebacks for user errors.")
+  if workdir and "workdir" not in flags.FLAGS:
+    flags.DEFINE_string("workdir", None, "Training directory (checkpoints, metrics, samples).")
+
+
+def make_dirs(path: str, what: str) -> None:
+  """os.makedirs, with a folder that cannot be created as a UserError naming the flag."""
+  try:
+    os.makedirs(path, exist_ok=True)
+  except OSError as e:
+    raise errors.UserError(f"{what}={path}: cannot create this folder ({e.strerror})") from e
+
+
+def write_text(path: str, text: str) -> None:
+  """Writes a whole file atomically (a temporary beside it, then a rename); an unwritable path
+  is a UserError naming it."""
+  folder = os.path.dirname(os.path.abspath(path))
+  make_dirs(folder, "--out")
+  try:
+    with open(path + ".tmp", "w") as f:
+      f.write(text)
+    os.replace(path + ".tmp", path)
+  except OSError as e:
+    raise errors.UserError(f"--out={path}: cannot write ({e.strerror})") from e
+
+
+def no_positional(argv: list[str]) -> None:
+  """Entry points take flags only: a stray word is a UserError naming it (one line, exit 2)."""
+  if len(argv) > 1:
+    raise errors.UserError(f"unexpected argument(s) {' '.join(argv[1:])!r}: every option is a "
+                           "--flag=value (pass --helpshort for the flags)")
+
+
+def cache_dir() -> str:
+  """ebm_jax's cache folder: $EBM_JAX_CACHE, else ~/.cache/ebm_jax (feature classifiers, and
+  XLA's compiled programs under xla/)."""
+  return os.environ.get("EBM_JAX_CACHE", os.path.join(os.path.expanduser("~"), ".cache",
+                                                      "ebm_jax"))
+
+
+def enable_compilation_cache() -> str | None:
+  """Switches on JAX's persistent compilation cache, so a second start of the same program
+  (a resumed run, another `sample` of the same workdir) loads its compiled programs instead of
+  compiling them again. The folder is $JAX_COMPILATION_CACHE_DIR where set, else
+  `cache_dir()/xla`; EBM_JAX_COMPILATION_CACHE=0 turns it off. Returns the folder (or None)."""
+  import jax  # pylint: disable=import-outside-toplevel
+  if os.environ.get("EBM_JAX_COMPILATION_CACHE", "1").lower() in ("0", "false", "no", "off"):
+    return None
+  path = os.environ.get("JAX_COMPILATION_CACHE_DIR") or os.path.join(cache_dir(), "xla")
+  jax.config.update("jax_compilation_cache_dir", path)
+  if "JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS" not in os.environ:
+    jax.config.update("jax_persistent_cache_min_compile_time_secs", 1.0)
+  return path
+
+
+def run_guarded(fn: Callable[[], None], compilation_cache: bool = True) -> None:
+  """Runs fn; user-facing errors become a message on stderr and an exit code. Every entry
+  point comes through here, and so turns on the persistent compilation cache (benchmarks,
+  which time compilation, pass compilation_cache=False)."""
   quiet_library_logs()
+  if compilation_cache:
+    enable_compilation_cache()
   debug = flags.FLAGS["debug"].value if "debug" in flags.FLAGS else False
   try:
     fn()
-  except (config_lib.UserError, data.DataError) as e:
+  except errors.UserError as e:  # DataError included
     if debug:
       raise
     print(f"error: {e}", file=sys.stderr)
     sys.exit(EXIT_USER_ERROR)
-  except train.DivergenceError as e:
+  except errors.DivergenceError as e:
     if debug:
       raise
     print(f"training stopped: {e}", file=sys.stderr)

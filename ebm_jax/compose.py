@@ -25,8 +25,9 @@ import jax.numpy as jnp
 import numpy as np
 from absl import app, flags
 
-from ebm_jax import config_lib
+from ebm_jax import cli, config_lib
 from ebm_jax import sample as sample_lib
+from ebm_jax import sampling
 
 OPS = ("and", "or", "not")
 EnergyFn = Callable[[jax.Array], jax.Array]  # x (B, ...) -> (B,)
@@ -66,10 +67,14 @@ class Component:
     return "" if self.label is None else self.info.class_names[self.label]
 
   def energy(self, x: jax.Array) -> jax.Array:
+    """E(x) (B,), heads summed, under this component's label."""
+    return self.energy_with(self.variables, x)
+
+  def energy_with(self, variables, x: jax.Array) -> jax.Array:
     y = None
     if self.label is not None:
       y = jnp.zeros((x.shape[0], self.info.num_classes)).at[:, self.label].set(1.0)
-    return self.model.apply(self.variables, x, y).sum(-1)
+    return self.model.apply(variables, x, y).sum(-1)
 
 
 def parse_label(spec_label: str, info, workdir: str) -> int | None:
@@ -97,21 +102,25 @@ def load_component(spec: str, step: int | None = None) -> Component:
 def sample_composition(components: list[Component], op: str, key: jax.Array, num: int, *,
                        steps: int | None = None, temperature: float = 1.0, alpha: float = 1.0,
                        augment: bool | None = None) -> np.ndarray:
-  """num samples from the composed energy by the first model's test-time chain, with the
-  step size divided by the number of models."""
+  """num samples from the composed energy by the first model's test-time chain (the one
+  sampler, ebm_jax/sampling.py), with the step size divided by the number of models."""
   first = components[0]
   shapes = {tuple(c.info.shape) for c in components}
   if len(shapes) != 1:
     raise config_lib.UserError(f"the models take different inputs: {sorted(shapes)}")
   shape = tuple(first.info.shape)
-  config = first.config
-  settings = sample_lib.chain_settings(config, steps=steps)
-  settings["step_size"] /= len(components)
-  use_aug = config.sample.augment if augment is None else augment
-  composed = composed_energy([c.energy for c in components], op, temperature=temperature,
-                             alpha=alpha)
-  x, _ = sample_lib.generate(config, None, None, key, num, shape, augment=use_aug,
-                             energy_fn=lambda x, _: composed(x)[:, None], **settings)
+  settings = sampling.settings_from_config(first.config, steps=steps)
+  settings = settings._replace(step_size=settings.step_size / len(components))
+
+  def energy(variables, x, y):
+    del y  # each component brings its own label
+    return combine([c.energy_with(v, x) for c, v in zip(components, variables)], op,
+                   temperature=temperature, alpha=alpha)[:, None]
+
+  x, _ = sampling.draw(energy, settings, key, num, shape,
+                       variables=[c.variables for c in components],
+                       batch_size=first.config.sample.batch_size,
+                       transition=sampling.transition_from_config(first.config, shape, augment))
   return x
 
 
@@ -129,6 +138,7 @@ FLAGS = flags.FLAGS
 
 
 def define_flags() -> None:
+  cli.define_common_flags(workdir=False)
   flags.DEFINE_multi_string("model", None, "WORKDIR[:LABEL] of a model to compose (repeat).")
   flags.DEFINE_enum("op", "and", OPS, "How to compose the energies.")
   flags.DEFINE_float("temperature", 1.0, "Soft-min temperature of `or`.")
@@ -141,12 +151,11 @@ def define_flags() -> None:
                     "for the composition and for each model alone.")
   flags.DEFINE_string("cache_dir", None, "Feature/attribute classifiers (see evaluate).")
   flags.DEFINE_string("out", None, "Output folder (default: the first workdir's compose/).")
-  flags.DEFINE_bool("debug", False, "Show tracebacks for user errors.")
 
 
 def run(argv) -> None:
-  del argv
-  from ebm_jax import evaluate  # pylint: disable=import-outside-toplevel
+  cli.no_positional(argv)
+  from ebm_jax.eval import features  # pylint: disable=import-outside-toplevel
   specs = FLAGS.model or []
   if not specs or (FLAGS.op == "not" and len(specs) < 2):
     raise config_lib.UserError("--model: give at least one model (two for --op=not)")
@@ -172,9 +181,9 @@ def run(argv) -> None:
   print(f"wrote {png}")
   if not FLAGS.score:
     return
-  cache_dir = FLAGS.cache_dir or evaluate.default_cache_dir()
+  cache_dir = FLAGS.cache_dir or cli.cache_dir()
   requested = {c.config.data.attribute: c.label for c in components}
-  classifiers = {c.config.data.attribute: evaluate.load_classifier(
+  classifiers = {c.config.data.attribute: features.load_classifier(
       c.config.data, c.config.data.attribute, cache_dir) for c in components}
   table = {"composition": attribute_success(x, requested, classifiers)}
   for c in components:
@@ -188,11 +197,9 @@ def run(argv) -> None:
 
 
 def main(argv) -> None:
-  from ebm_jax import cli  # pylint: disable=import-outside-toplevel
   cli.run_guarded(lambda: run(argv))
 
 
 if __name__ == "__main__":
   define_flags()
-  from ebm_jax import cli  # pylint: disable=import-outside-toplevel
   app.run(main, flags_parser=cli.parse_flags)

@@ -6,11 +6,7 @@ import ml_collections
 
 from ebm_jax import buffer as buffer_lib
 from ebm_jax import langevin
-
-
-class UserError(Exception):
-  """A mistake in flags, config or data that the user can fix; the CLIs print the message
-  without a traceback (pass --debug to see one)."""
+from ebm_jax.errors import UserError  # re-exported: config_lib.UserError
 
 
 DATASETS = ("digits", "fashion_mnist", "shapes", "toy2d", "cifar10", "celeba_hq",
@@ -58,7 +54,7 @@ def with_defaults(saved: dict) -> ml_collections.ConfigDict:
   the `configs` folder is importable, e.g. from the repository root); JSON lists go back to
   tuples where the field is a tuple."""
   try:
-    from configs import default  # pylint: disable=g-import-not-at-top
+    from ebm_jax.configs import default  # pylint: disable=import-outside-toplevel
   except ImportError:
     return ml_collections.ConfigDict(saved)
   base = default.get_config()

@@ -155,7 +155,8 @@ def run_chain(kernel, key: jax.Array, x0: jax.Array, num_steps: int,
   replayed exactly (the all-steps KL ablation does so inside the loss). `remat` recomputes
   each step in the backward pass instead of storing its activations. `unroll` steps are
   unrolled per loop iteration (True: all); XLA:CPU runs unrolled steps about twice as fast
-  (STACK.md) at the price of compile time growing with the unrolled length.
+  (measured with jax 0.10 on a small conv net) at the price of compile time growing with the
+  unrolled length.
   """
   sigmas = noise_schedule(1.0, num_steps, anneal) * noise_scale
 

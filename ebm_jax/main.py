@@ -21,8 +21,7 @@ from ebm_jax import cli, config_lib, train
 
 FLAGS = flags.FLAGS
 config_flags.DEFINE_config_file("config", None, "Training config file.", lock_config=True)
-flags.DEFINE_string("workdir", None, "Directory for checkpoints, metrics and samples.")
-flags.DEFINE_bool("debug", False, "Show tracebacks for user errors.")
+cli.define_common_flags()
 flags.DEFINE_bool("distributed", None, "Initialise JAX's multi-process runtime "
                   "(jax.distributed.initialize). Default: the EBM_DISTRIBUTED environment "
                   "variable (1/true), else off.")
@@ -62,10 +61,8 @@ def init_distributed() -> None:
 
 
 def main(argv) -> None:
-  if len(argv) > 1:
-    raise app.UsageError(f"unexpected arguments: {argv[1:]}")
-
   def run():
+    cli.no_positional(argv)
     config = cli.load_config_flag()
     if not FLAGS.workdir:
       raise config_lib.UserError("--workdir is required, e.g. --workdir=runs/digits")

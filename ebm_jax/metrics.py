@@ -32,7 +32,8 @@ class MetricWriter:
     self._jsonl = None
     if not enabled:
       return
-    # clu's writers need TensorFlow and tensorboard (STACK.md); imported here, not at the top.
+    # clu's writers need TensorFlow and tensorboard, which clu does not declare as dependencies;
+    # imported here, not at the top.
     from clu import metric_writers, periodic_actions
     # TensorBoard only: the console gets one compact progress line from the training loop.
     self._clu = metric_writers.AsyncWriter(metric_writers.SummaryWriter(workdir))

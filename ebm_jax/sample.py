@@ -8,19 +8,16 @@ plain steps, with the EMA parameters. Output: a PNG grid (a scatter plot for 2-D
   python -m ebm_jax.sample --workdir=runs/digits [--num=64 --steps=200 --out=DIR]
 """
 
-import functools
 import math
 import os
 from types import SimpleNamespace
 
 import jax
 import jax.numpy as jnp
-import ml_collections
 import numpy as np
 from absl import app, flags, logging
 
-from ebm_jax import augment as augment_lib
-from ebm_jax import config_lib, langevin, models
+from ebm_jax import cli, config_lib, models, sampling
 
 
 def make_grid(images: np.ndarray, ncol: int | None = None, pad: int = 1) -> np.ndarray:
@@ -59,63 +56,6 @@ def save_scatter(points: np.ndarray, path: str) -> None:
   plt.close(fig)
 
 
-def chain_settings(config: ml_collections.ConfigDict, *, steps: int | None = None) -> dict:
-  """Test-time chain lengths and step size from config.sample; `steps` (total) overrides:
-  the last min(final_steps, steps) are plain, the rest are blocks with transitions."""
-  s = config.sample
-  num_blocks, block_steps, final_steps = s.num_blocks, s.block_steps, s.final_steps
-  if steps is not None:
-    final_steps = min(final_steps, steps)
-    num_blocks = (steps - final_steps) // max(block_steps, 1)
-    final_steps = steps - num_blocks * block_steps
-  step_size = s.step_size if s.step_size > 0 else config.langevin.step_size
-  return dict(num_blocks=num_blocks, block_steps=block_steps, final_steps=final_steps,
-              step_size=step_size)
-
-
-def generate(config: ml_collections.ConfigDict, model, variables, key: jax.Array, num: int,
-             shape: tuple[int, ...], labels: np.ndarray | None = None, *, num_blocks: int,
-             block_steps: int, final_steps: int, step_size: float,
-             augment: bool = True, energy_fn=None) -> tuple[np.ndarray, dict]:
-  """`num` samples from uniform noise by the test-time chain; runs in batches of
-  config.sample.batch_size (one compilation). Returns (samples, diagnostics per step).
-  `energy_fn(x, y) -> (B, S)` replaces model.apply(variables, x, y) (e.g. a composition)."""
-  if energy_fn is None:
-    energy_fn = lambda x, y: model.apply(variables, x, y)
-  lc = config.langevin
-  x_range = (0.0, 1.0) if lc.clip_x else None
-  transition = None
-  if augment and num_blocks and len(shape) == 3:
-    transition = functools.partial(augment_lib.augment_batch,
-                                   augment_lib.make_transition(config.augment))
-  batch = min(config.sample.batch_size, num)
-
-  @jax.jit
-  def run(key, y):
-    kernel = langevin.build_kernel(lambda x: energy_fn(x, y), step_size, lc.grad_clip, x_range, lc.sampler)
-    lo, hi = config.buffer.noise_range
-    x0 = jax.random.uniform(jax.random.fold_in(key, 0), (batch,) + tuple(shape),
-                            minval=lo, maxval=hi)
-    return langevin.run_test_chain(kernel, transition, jax.random.fold_in(key, 1), x0,
-                                   num_blocks=num_blocks, block_steps=block_steps,
-                                   final_steps=final_steps, noise_scale=lc.noise_scale)
-
-  out, energies, grad_norms, accepted = [], [], [], []
-  for i in range(0, num, batch):
-    y = None
-    if labels is not None:
-      y = np.resize(labels[i:i + batch], (batch,) + labels.shape[1:])  # pad the last batch
-    x, info = run(jax.random.fold_in(key, i), y)
-    out.append(np.asarray(x))
-    energies.append(np.asarray(info.energy))
-    grad_norms.append(np.asarray(info.grad_norm))
-    accepted.append(np.asarray(info.accepted))
-  diagnostics = {"energy": np.concatenate(energies, 1)[:, :num].mean(1),
-                 "grad_norm": np.concatenate(grad_norms, 1)[:, :num].mean(1),
-                 "accept_rate": np.concatenate(accepted, 1)[:, :num].mean(1)}
-  return np.concatenate(out)[:num], diagnostics
-
-
 def default_labels(num: int, num_classes: int, label: int = -1) -> np.ndarray | None:
   """One-hot labels: all `label`, or cycling through the classes when label < 0."""
   if num_classes == 0:
@@ -128,14 +68,15 @@ def sample_to_files(config, model, info, params, model_state, outdir: str, name:
                     num: int | None = None, steps: int | None = None, seed: int = 0,
                     label: int = -1, augment: bool | None = None) -> str:
   """Generates config.sample.num samples (or `num`) and writes NAME.png and NAME.npz."""
-  os.makedirs(outdir, exist_ok=True)
+  cli.make_dirs(outdir, "--out")
   num = num or config.sample.num
   labels = default_labels(num, info.num_classes, label)
-  settings = chain_settings(config, steps=steps)
-  x, diag = generate(config, model, {"params": params, **model_state}, jax.random.key(seed),
-                     num, tuple(info.shape), labels,
-                     augment=config.sample.augment if augment is None else augment,
-                     **settings)
+  shape = tuple(info.shape)
+  sampler = sampling.Sampler(sampling.model_energy(model),
+                             sampling.settings_from_config(config, steps=steps), shape,
+                             sampling.transition_from_config(config, shape, augment),
+                             config.sample.batch_size)
+  x, diag = sampler.draw(jax.random.key(seed), num, labels, {"params": params, **model_state})
   png = os.path.join(outdir, f"{name}.png")
   if len(info.shape) == 3:
     save_png(make_grid(x), png, scale=max(1, 128 // info.shape[0]))
@@ -185,7 +126,7 @@ FLAGS = flags.FLAGS
 
 
 def define_flags():
-  flags.DEFINE_string("workdir", None, "Training directory with checkpoints.")
+  cli.define_common_flags()
   flags.DEFINE_integer("num", None, "Number of samples (default: config.sample.num).")
   flags.DEFINE_integer("steps", None, "Total Langevin steps (default: from config.sample).")
   flags.DEFINE_float("step_size", None, "Langevin step size (default: the training one).")
@@ -196,11 +137,10 @@ def define_flags():
   flags.DEFINE_integer("step", None, "Checkpoint step (default: latest).")
   flags.DEFINE_integer("seed", 0, "Sampling seed.")
   flags.DEFINE_string("out", None, "Output folder (default: WORKDIR/samples).")
-  flags.DEFINE_bool("debug", False, "Show tracebacks for user errors.")
 
 
 def run(argv) -> None:
-  del argv
+  cli.no_positional(argv)
   if not FLAGS.workdir:
     raise config_lib.UserError("--workdir is required")
   for name in ("num", "steps", "block_steps"):
@@ -227,11 +167,9 @@ def run(argv) -> None:
 
 
 def main(argv) -> None:
-  from ebm_jax import cli
   cli.run_guarded(lambda: run(argv))
 
 
 if __name__ == "__main__":
   define_flags()
-  from ebm_jax import cli
   app.run(main, flags_parser=cli.parse_flags)

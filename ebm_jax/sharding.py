@@ -11,7 +11,7 @@ DATA = "data"
 
 def make_mesh(devices: Sequence[Any] | None = None) -> Mesh:
   """A 1-D mesh over all (global) devices. Auto axis types: jax.make_mesh defaults to
-  Explicit in 0.10, under which a plain data-parallel step fails to type-check (STACK.md)."""
+  Explicit in jax 0.10, under which a plain data-parallel step can fail with ShardingTypeError."""
   devices = jax.devices() if devices is None else list(devices)
   return Mesh(np.array(devices), (DATA,), axis_types=(jax.sharding.AxisType.Auto,))
 

@@ -18,7 +18,7 @@ GUARD_CAUSES = {GUARD_NONFINITE: "non-finite loss, energy or gradient",
 
 
 class GuardState(NamedTuple):
-  """What the on-device divergence guard has seen since the last rollback (train.guard_update)."""
+  """What the on-device divergence guard has seen since the last rollback (guard.update)."""
   over_count: jax.Array  # int32 (): consecutive steps with energies beyond the bounds
   cause: jax.Array  # int32 (): GUARD_OK, or the first cause seen (sticky until a rollback)
   trip_step: jax.Array  # int32 (): the step at which it tripped (0 when it has not)

@@ -1,12 +1,8 @@
-"""The training step (DESIGN.md's algorithm) and the training loop.
+"""Set-up (mesh, shardings, the jitted step) and the training loop: `train_and_evaluate`.
 
-One step, with θ the parameters and every random number from fold_in(seed key, step):
-  1. x⁺ = dequantised data; x₀ = buffer draws put through one augmentation transition, each
-     replaced by x⁺ with probability buffer.data_prob (true CD, critique §6.1), then by
-     U(noise_range) noise with probability p (all noise while the buffer is empty);
-  2. K Langevin steps on sg(θ), keeping x̃_{K−1} for the KL sample;
-  3. x_K goes into the buffer; L_ent's comparison set is then drawn from it (ref §1.7);
-  4. loss and gradient (losses.icd_loss), global-norm clip + Adam, EMA.
+The step itself is `ebm_jax.step` (pure, imports nothing of this module); the divergence
+guard's check and rollback policy are `ebm_jax.guard`. This module adds what a run needs around
+them: checkpoints, metrics, preemption, rollbacks and the samples at the end.
 """
 
 import functools
@@ -15,240 +11,28 @@ import os
 import signal
 import threading
 import time
-from typing import Any, NamedTuple
 
 import jax
-import jax.numpy as jnp
 import ml_collections
 import numpy as np
-import optax
 from absl import logging
 from jax.experimental import multihost_utils
 
-from ebm_jax import augment as augment_lib
 from ebm_jax import buffer as buffer_lib
 from ebm_jax import checkpoint as checkpoint_lib
 from ebm_jax import config_lib
 from ebm_jax import data as data_lib
-from ebm_jax import langevin, losses, models, sample as sample_lib, sharding
+from ebm_jax import guard as guard_lib
+from ebm_jax import models, sample as sample_lib, sharding
 from ebm_jax import state as state_lib
+from ebm_jax.errors import DivergenceError
 from ebm_jax.metrics import MetricWriter
-
-NUM_GRID = 64  # negatives returned per step for image summaries
-
-
-class DivergenceError(RuntimeError):
-  """The divergence guard tripped more often than guard.max_recoveries allows (or is off).
-  `step` is the step at which it tripped last, `cause` what it saw."""
-
-  def __init__(self, message: str, step: int | None = None, cause: str | None = None):
-    super().__init__(message)
-    self.step, self.cause = step, cause
-
-
-def energy_fn(model):
-  """energy(params, model_state, x, y) -> (B, S), with no state updates."""
-  def energy(params, model_state, x, y=None):
-    return model.apply({"params": params, **model_state}, x, y)
-  return energy
-
-
-def seed_keys(seed: int) -> tuple[jax.Array, jax.Array]:
-  """(init key, step key): step s draws everything from fold_in(step key, s), so a resumed
-  run replays exactly the random numbers an uninterrupted run would have used."""
-  init_key, step_key = jax.random.split(jax.random.key(seed))
-  return init_key, step_key
-
-
-def dequantize(key: jax.Array, images: jax.Array, levels: int) -> jax.Array:
-  """Integer levels -> [0, 1): (q + U(0,1)) / levels (ref §1.1: pixel/256 + U(0, 1/256))."""
-  if levels == 0:  # float data (2-D densities)
-    return images.astype(jnp.float32)
-  return (images.astype(jnp.float32) + jax.random.uniform(key, images.shape)) / levels
+from ebm_jax.step import dequantize, make_train_step, seed_keys
 
 
 def should_run(step: int, every: int, last_step: int) -> bool:
   """One predicate for log / checkpoint / image steps: every `every` steps and the last."""
   return every > 0 and (step % every == 0 or step == last_step)
-
-
-def guard_update(guard: state_lib.GuardState, metrics: dict[str, jax.Array], step: jax.Array,
-                 cfg: ml_collections.ConfigDict) -> state_lib.GuardState:
-  """The on-device divergence check of one step. The first cause seen sticks until the loop
-  reads it (at log / checkpoint steps) and rolls back, so no step goes unchecked and the
-  step itself never waits for the host."""
-  finite = (metrics["finite"] & jnp.isfinite(metrics["energy_pos"])
-            & jnp.isfinite(metrics["energy_neg"]))
-  over = ((jnp.abs(metrics["energy_pos"]) > cfg.max_abs_energy)
-          | (jnp.abs(metrics["energy_gap"]) > cfg.max_energy_gap))
-  over_count = jnp.where(over, guard.over_count + 1, 0).astype(jnp.int32)
-  cause = jnp.where(~finite, state_lib.GUARD_NONFINITE,
-                    jnp.where(over_count >= cfg.patience, state_lib.GUARD_ENERGY,
-                              state_lib.GUARD_OK)).astype(jnp.int32)
-  first = (guard.cause == state_lib.GUARD_OK) & (cause != state_lib.GUARD_OK)
-  return state_lib.GuardState(over_count=over_count,
-                              cause=jnp.where(first, cause, guard.cause),
-                              trip_step=jnp.where(first, step, guard.trip_step))
-
-
-class NegativePhase(NamedTuple):
-  """Everything one step computes before its loss: the inputs of `losses.icd_loss` and what
-  the step keeps or logs besides."""
-  x_pos: jax.Array
-  labels: jax.Array | None
-  x_neg: jax.Array  # x_K
-  kl: losses.KLInputs
-  ent_refs: jax.Array
-  ent_active: jax.Array
-  model_state: Any  # after this step's power iteration (spectral norm)
-  buffer: buffer_lib.Buffer  # with x_K added
-  restart: jax.Array  # (B,) bool: chains started from noise
-  infos: langevin.LangevinInfo  # per Langevin step
-  class_labels: jax.Array | None = None  # JEM: one-hot labels of x⁺ for the cross-entropy
-
-
-def make_negative_phase(config: ml_collections.ConfigDict, model, info: data_lib.DatasetInfo,
-                        mesh=None):
-  """Returns phase(state, batch) -> NegativePhase: DESIGN.md's steps 1-3 for the step that
-  `state` is about to take, with that step's random numbers (so analysis code sees exactly
-  what the training step sees)."""
-  lc, bc = config.langevin, config.buffer
-  energy = energy_fn(model)
-  transition = augment_lib.make_transition(config.augment) if bc.augment else None
-  x_range = (0.0, 1.0) if lc.clip_x else None
-  batch_size = config.train.batch_size
-  n_kl = config.loss.kl_samples or batch_size
-  jem = bool(config.model.get("jem", False))
-  conditional = info.num_classes > 0 and not jem  # JEM samples and trains E(x) unconditionally
-  spectral = config.model.conv == "spectral"
-  inject_at = config.debug.inject_nan_at_step
-
-  def constrain(x):
-    # Keep per-sample work (chain, augmentation) split over the batch axis of the mesh.
-    if mesh is None:
-      return x
-    return jax.lax.with_sharding_constraint(x, sharding.batch_sharded(mesh))
-
-  def phase(state: state_lib.TrainState, batch: dict[str, jax.Array]) -> NegativePhase:
-    # The rollback counter is folded in first: after a rollback the same steps draw new numbers.
-    key = jax.random.fold_in(jax.random.fold_in(seed_keys(config.seed)[1], state.recoveries),
-                             state.step)
-    (k_deq, k_draw, k_aug, k_restart, k_noise, k_chain, k_add, k_refs,
-     k_refs_aug) = jax.random.split(key, 9)
-    x_pos = dequantize(k_deq, batch["image"], info.levels)
-    if inject_at > 0:  # fault injection for tests (debug.*): a NaN data batch at one step
-      inject = ((state.step + 1 == inject_at)
-                & (state.recoveries < config.debug.inject_nan_times))
-      x_pos = jnp.where(inject, jnp.nan, x_pos)
-    y = batch["label"] if conditional else None
-
-    model_state = state.model_state
-    if spectral:  # one power iteration per step, on the data batch (IGEBM spectral norm)
-      _, model_state = model.apply({"params": state.params, **model_state}, x_pos, y,
-                                   train=True, mutable=list(model_state))
-    params_sg = jax.lax.stop_gradient(state.params)  # the chain never carries θ-gradients
-
-    # 1. chain starts: buffer draws, one augmentation transition, noise restarts
-    x0 = buffer_lib.sample(state.buffer, k_draw, batch_size)
-    if transition is not None:
-      x0 = augment_lib.augment_batch(transition, k_aug, constrain(x0))
-    if bc.data_prob > 0:  # true CD: some chains start at this step's data
-      k_data = jax.random.fold_in(k_restart, 1)
-      from_data = jax.random.uniform(k_data, (batch_size,)) < bc.data_prob
-      x0 = jnp.where(from_data.reshape((-1,) + (1,) * (x0.ndim - 1)), x_pos, x0)
-    lo, hi = bc.noise_range
-    noise = jax.random.uniform(k_noise, x0.shape, minval=lo, maxval=hi)
-    restart = ((jax.random.uniform(k_restart, (batch_size,)) < bc.noise_restart_prob)
-               | (state.buffer.size == 0))
-    x0 = constrain(jnp.where(restart.reshape((-1,) + (1,) * (x0.ndim - 1)), noise, x0))
-
-    # 2. K Langevin steps
-    kernel = langevin.build_kernel(lambda x: energy(params_sg, model_state, x, y),
-                                   lc.step_size, lc.grad_clip, x_range, lc.sampler)
-    final, infos = langevin.run_chain(kernel, k_chain, x0, lc.num_steps, lc.noise_scale,
-                                      lc.anneal_noise,
-                                      unroll=langevin.resolve_unroll(lc.unroll, lc.num_steps))
-
-    # 3. reservoir add, then the entropy comparison set from the updated buffer
-    new_buffer = buffer_lib.add(state.buffer, k_add, final.x, bc.kind)
-    refs = buffer_lib.sample(new_buffer, k_refs, config.loss.ent_num_refs)
-    if transition is not None:
-      refs = augment_lib.augment_batch(transition, k_refs_aug, refs)
-    kl = losses.KLInputs(x_noised=final.x_noised[:n_kl], x0=x0[:n_kl], chain_key=k_chain,
-                         labels=None if y is None else y[:n_kl])
-    return NegativePhase(x_pos=x_pos, labels=y, x_neg=final.x, kl=kl, ent_refs=refs,
-                         ent_active=new_buffer.size > config.loss.ent_min_buffer,
-                         model_state=model_state, buffer=new_buffer, restart=restart,
-                         infos=infos, class_labels=batch["label"] if jem else None)
-
-  return phase
-
-
-def make_loss_fn(config: ml_collections.ConfigDict, model, neg: NegativePhase):
-  """loss(params) -> (total, aux with every term), the function the step differentiates."""
-  energy = energy_fn(model)
-  icd = functools.partial(
-      losses.icd_loss, energy=lambda p, x, yy: energy(p, neg.model_state, x, yy),
-      x_pos=neg.x_pos, y_pos=neg.labels, x_neg=neg.x_neg, y_neg=neg.labels, kl=neg.kl,
-      ent_refs=neg.ent_refs, ent_active=neg.ent_active, cfg=config)
-  if neg.class_labels is None:
-    return icd
-
-  def jem_loss(params):
-    """JEM: the generative loss on E(x) = −logsumexp f(x) plus the classifier's cross-entropy."""
-    loss, aux = icd(params)
-    logits = model.apply({"params": params, **neg.model_state}, neg.x_pos,
-                         method=models.JEMEnergy.logits)
-    ce = optax.softmax_cross_entropy(logits, neg.class_labels).mean()
-    accuracy = (logits.argmax(-1) == neg.class_labels.argmax(-1)).mean()
-    return loss + config.loss.ce_weight * ce, {**aux, "ce": ce, "accuracy": accuracy}
-
-  return jem_loss
-
-
-def make_train_step(config: ml_collections.ConfigDict, model, info: data_lib.DatasetInfo,
-                    tx: optax.GradientTransformation, mesh=None):
-  """Returns the pure step(state, batch) -> (state, metrics, negatives[:NUM_GRID])."""
-  phase = make_negative_phase(config, model, info, mesh)
-
-  def train_step(state: state_lib.TrainState, batch: dict[str, jax.Array]):
-    neg = phase(state, batch)  # steps 1-3: chain starts, K Langevin steps, buffer
-    # 4. loss, update, EMA
-    loss_fn = make_loss_fn(config, model, neg)
-    (loss, aux), grads = jax.value_and_grad(loss_fn, has_aux=True)(state.params)
-    updates, opt_state = tx.update(grads, state.opt_state, state.params)
-    updates = jax.tree.map(lambda u: u * state.lr_scale, updates)  # guard.lr_factor^rollbacks
-    params = optax.apply_updates(state.params, updates)
-    ema = optax.incremental_update(params, state.ema_params, 1.0 - config.optim.ema_decay)
-
-    e_pos, e_neg = aux["e_pos"].mean(), aux["e_neg"].mean()
-    metrics = {
-        "loss": loss, "loss_cd": aux["cd"], "loss_reg": aux["reg"], "loss_opt": aux["opt"],
-        "loss_ent": aux["ent"], "loss_kl": aux["kl"],
-        "energy_pos": e_pos, "energy_neg": e_neg, "energy_gap": e_pos - e_neg,
-        "energy_pos_std": aux["e_pos"].mean(-1).std(),
-        "energy_neg_std": aux["e_neg"].mean(-1).std(),
-        "langevin_grad_norm": neg.infos.grad_norm[-1].mean(),
-        "langevin_energy_start": neg.infos.energy[0].mean(),
-        "langevin_energy_end": neg.infos.energy[-1].mean(),
-        "langevin_accept_rate": neg.infos.accepted.mean(),
-        "restart_fraction": neg.restart.mean(),
-        "buffer_fill": neg.buffer.size / config.buffer.capacity,
-        "entropy_active": neg.ent_active.astype(jnp.float32),
-        "grad_norm": optax.tree_utils.tree_norm(grads),
-        "update_norm": optax.tree_utils.tree_norm(updates),
-        "param_norm": optax.tree_utils.tree_norm(params),
-    }
-    if neg.class_labels is not None:  # JEM
-      metrics["loss_ce"], metrics["train_accuracy"] = aux["ce"], aux["accuracy"]
-    metrics["finite"] = jnp.isfinite(loss) & jnp.isfinite(metrics["grad_norm"])
-    guard = guard_update(state.guard, metrics, state.step + 1, config.guard)
-    new_state = state.replace(step=state.step + 1, params=params, ema_params=ema,
-                              opt_state=opt_state, buffer=neg.buffer,
-                              model_state=neg.model_state, guard=guard)
-    return new_state, metrics, neg.x_neg[:NUM_GRID]
-
-  return train_step
 
 
 def _user_errors(fn, *args, **kwargs):
@@ -299,7 +83,7 @@ class Setup:
   @functools.cached_property
   def decompose_fn(self):
     """The jitted gradient decomposition of ebm_jax.analysis (built on first use)."""
-    from ebm_jax import analysis  # pylint: disable=import-outside-toplevel  (imports train)
+    from ebm_jax import analysis  # pylint: disable=import-outside-toplevel  (only when asked)
     return jax.jit(analysis.make_gradient_decomposition(self.config, self.model, self.info,
                                                         self.mesh),
                    in_shardings=(self.state_sharding, self.batch_sharding),
@@ -384,30 +168,6 @@ class StopRequest:
     return self.signum is not None
 
 
-class _Recovery:
-  """Host side of the divergence guard: decides between rollback and giving up."""
-
-  def __init__(self, cfg: ml_collections.ConfigDict):
-    self.cfg = cfg
-    self.trips: list[int] = []  # steps at which the guard tripped, this process
-
-  def check(self, cause: int, trip_step: int, last_good: int, directory: str) -> None:
-    """Raises DivergenceError when the guard is off or the rollback budget is spent."""
-    what = state_lib.GUARD_CAUSES[cause]
-    self.trips = [s for s in self.trips if s > trip_step - self.cfg.window] + [trip_step]
-    if not self.cfg.enabled:
-      raise DivergenceError(
-          f"{what} at step {trip_step}; the divergence guard is off (guard.enabled=False). The "
-          f"last good checkpoint is step {last_good} in {directory}.", trip_step, what)
-    if len(self.trips) > self.cfg.max_recoveries:
-      raise DivergenceError(
-          f"{what} at step {trip_step}, the {len(self.trips)}th divergence within "
-          f"guard.window={self.cfg.window} steps (guard.max_recoveries="
-          f"{self.cfg.max_recoveries}); giving up. The last good checkpoint is step {last_good} "
-          f"in {directory}. Lower optim.learning_rate or langevin.step_size, set "
-          "guard.lr_factor below 1, or raise guard.max_recoveries.", trip_step, what)
-
-
 def _rollback(setup: Setup, ckpt: checkpoint_lib.Checkpointer, bad: state_lib.TrainState,
               lr_factor: float) -> state_lib.TrainState:
   """The last good checkpoint (or the initial state) with one more rollback counted."""
@@ -422,10 +182,15 @@ def _rollback(setup: Setup, ckpt: checkpoint_lib.Checkpointer, bad: state_lib.Tr
       guard=jax.device_put(state_lib.guard_init(), rep))
 
 
-def _debug_signal(config: ml_collections.ConfigDict, step: int, state) -> None:
-  """Fault injection for tests: the process signals itself after a chosen step."""
+def _debug_signal(config: ml_collections.ConfigDict, step: int, state,
+                  ckpt: checkpoint_lib.Checkpointer) -> None:
+  """Fault injection for tests: the process signals itself after a chosen step. Before a
+  SIGKILL every checkpoint already started is let finish, so the kill lands at a known point:
+  the latest complete checkpoint is the last one written before this step."""
   if config.debug.signal_at_step and step == config.debug.signal_at_step:
     jax.block_until_ready(state)
+    if config.debug.signal == "KILL":
+      ckpt.wait()
     os.kill(os.getpid(), getattr(signal, f"SIG{config.debug.signal}"))
 
 
@@ -458,7 +223,11 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str, devices=
                config.data.name, setup.info.shape, setup.info.num_classes, config.model.name,
                sum(x.size for x in jax.tree.leaves(state.params)), setup.mesh.size)
 
-  recovery = _Recovery(config.guard)
+  quality = None
+  if tc.eval_every > 0 and is_main and len(setup.info.shape) == 3:
+    from ebm_jax.eval import quality as quality_lib  # pylint: disable=import-outside-toplevel
+    quality = quality_lib.TrainingQuality(config, setup.model, setup.info, _cache_dir())
+  recovery = guard_lib.Recovery(config.guard)
   step = start
   last_saved = ckpt.latest_step() or 0
   stream = setup.stream(step)
@@ -475,7 +244,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str, devices=
                         jax.device_get(setup.decompose_fn(state, batch)).items()}
         state, metrics, negatives = setup.step_fn(state, batch)
         writer.report_progress(step)
-        _debug_signal(config, step, state)
+        _debug_signal(config, step, state, ckpt)
         if t_start is not None:
           jax.block_until_ready(metrics)
           logging.info("First step (compilation included) took %.1f s", time.time() - t_start)
@@ -521,6 +290,8 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str, devices=
           # every process takes part in the gather (the negatives are split over processes)
           grid = sample_lib.make_grid(multihost_utils.process_allgather(negatives, tiled=True))
           writer.write_images(step, {"negatives": grid[None]})
+        if quality is not None and should_run(step, tc.eval_every, tc.num_steps):
+          _log_quality(quality, writer, step, state)
         if ckpt_now:  # only reached with a clean guard: every checkpoint is a good one
           ckpt.save(step, state)
           last_saved = step
@@ -547,6 +318,25 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str, devices=
   ckpt.close()
   writer.close()
   return state
+
+
+def _cache_dir() -> str:
+  from ebm_jax import cli  # pylint: disable=import-outside-toplevel  (cli is a leaf)
+  return cli.cache_dir()
+
+
+def _log_quality(quality, writer: MetricWriter, step: int, state) -> None:
+  """The quality hook (train.eval_every): EMA samples scored, logged and shown as a grid."""
+  t = time.time()
+  scalars, x = quality(step, jax.device_get(state.ema_params), jax.device_get(state.model_state))
+  writer.write_scalars(step, scalars)
+  writer.write_images(step, {"quality_samples": sample_lib.make_grid(x)[None]})
+  frechet = scalars.get("quality/frechet")
+  logging.info("step %d quality | Fréchet %s | classes %s | mean pixel %.3f | saturated %.3f "
+               "| %.0f s", step, "n/a" if frechet is None else f"{frechet:.1f}",
+               int(scalars["quality/classes"]) if "quality/classes" in scalars else "n/a",
+               scalars["quality/mean_pixel"], scalars["quality/saturated_frac"],
+               time.time() - t)
 
 
 def _fmt_eta(seconds: float) -> str:

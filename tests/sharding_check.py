@@ -18,7 +18,7 @@ which move a parameter by at most 2·lr per step and touch a tiny fraction of th
 import jax
 import numpy as np
 
-from configs import digits
+from ebm_jax.configs import digits
 from ebm_jax import train
 
 

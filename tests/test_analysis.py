@@ -7,8 +7,8 @@ import numpy as np
 import optax
 import pytest
 
-from configs import digits
-from ebm_jax import analysis, train
+from ebm_jax.configs import digits
+from ebm_jax import analysis, step, train
 from ebm_jax.metrics import METRICS_FILE, read_jsonl
 
 
@@ -33,9 +33,9 @@ def full():
 
 def test_terms_add_up_to_the_training_gradient(full):
   config, setup, state, batch, grads = full
-  neg = train.make_negative_phase(config, setup.model, setup.info)(state, batch)
+  neg = step.make_negative_phase(config, setup.model, setup.info)(state, batch)
   assert bool(neg.ent_active)  # all four terms are live
-  expected = jax.grad(lambda p: train.make_loss_fn(config, setup.model, neg)(p)[0])(state.params)
+  expected = jax.grad(lambda p: step.make_loss_fn(config, setup.model, neg)(p)[0])(state.params)
   for got, want in zip(jax.tree.leaves(grads["total"]), jax.tree.leaves(expected)):
     # separate backward passes sum in another order: float32 rounding, not more
     np.testing.assert_allclose(got, want, rtol=1e-4, atol=1e-6)

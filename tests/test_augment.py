@@ -279,3 +279,29 @@ def test_elastic_moves_pixels_and_stays_in_range():
   y = np.asarray(augment.elastic(jax.random.PRNGKey(0), x, alpha=3.0, sigma=2.0))
   assert y.shape == x.shape and y.min() >= 0.0 and y.max() <= 1.0
   assert np.abs(y - np.asarray(x)).max() > 1e-2
+
+
+def _displacement(alpha: float, sigma: float, key=0) -> np.ndarray:
+  """The displacement field (H, W, 2) in pixels that `augment.elastic` applies, read off two
+  linear ramps (bilinear sampling reproduces a ramp exactly): ramp(p + d) − ramp(p) = slope·d.
+  Only the interior, where no sample reaches the border, is returned."""
+  n, slope = 32, 0.5 / 31
+  r = 0.25 + slope * np.arange(n, dtype=np.float32)
+  ramps = np.stack(np.meshgrid(r, r, indexing="ij"), -1)  # (H, W, 2): row ramp, column ramp
+  y = np.asarray(augment.elastic(jax.random.PRNGKey(key), jnp.asarray(ramps), alpha, sigma))
+  return ((y - ramps) / slope)[8:-8, 8:-8]
+
+
+def test_elastic_displacement_scales_with_alpha_and_is_smooth_over_sigma():
+  d1, d2 = _displacement(1.0, 3.0), _displacement(2.0, 3.0)
+  rms = lambda d: float(np.sqrt(np.mean(np.sum(d ** 2, -1))))
+  assert 0.05 < rms(d1) < 1.0  # a fraction of a pixel per unit alpha at sigma = 3
+  np.testing.assert_allclose(rms(d2), 2 * rms(d1), rtol=0.02)  # linear in alpha
+  np.testing.assert_allclose(d2, 2 * d1, atol=0.05)
+
+  def neighbour_correlation(d):
+    a, b = d[:-1, :, 0].ravel(), d[1:, :, 0].ravel()
+    return float(np.corrcoef(a, b)[0, 1])
+
+  smooth, rough = neighbour_correlation(d1), neighbour_correlation(_displacement(1.0, 0.5))
+  assert smooth > 0.9 and rough < 0.6, (smooth, rough)  # sigma sets the field's smoothness

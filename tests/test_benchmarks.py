@@ -14,6 +14,7 @@ COMMON = {"device_kind", "device_count", "platform", "compile_s", "achieved_tflo
           "langevin_steps_per_s", "precision"}
 
 
+@pytest.mark.slow  # benchmark processes that compile FLOP-count variants
 @pytest.mark.parametrize("script,keys,timing", [
     ("train_step", {"step_s", "images_per_s", "flops_per_step", "num_params", "loss_finite"},
      "step_s"),
@@ -44,6 +45,7 @@ def test_benchmark_rejects_a_bad_config_without_traceback():
   assert "Traceback" not in proc.stderr
 
 
+@pytest.mark.slow  # a sweep of compiles
 def test_scaling_benchmark_fits_exponents_and_reports_memory(tmp_path):
   out = tmp_path / "scaling.json"
   proc = subprocess.run(

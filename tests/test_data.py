@@ -10,7 +10,7 @@ import numpy as np
 import pytest
 from sklearn import datasets as sk_datasets
 
-from configs import default
+from ebm_jax.configs import default
 from ebm_jax import data
 
 

@@ -9,8 +9,9 @@ import sys
 import jax
 import jax.numpy as jnp
 import numpy as np
+import pytest
 
-from configs import default, digits
+from ebm_jax.configs import default, digits
 from ebm_jax import checkpoint, models, train
 from ebm_jax.metrics import METRICS_FILE, read_jsonl
 
@@ -44,6 +45,7 @@ def _restore(workdir):
   return jax.device_get(state)
 
 
+@pytest.mark.slow  # three training processes
 def test_two_processes_train_what_one_process_with_four_devices_trains(tmp_path):
   multi, single = tmp_path / "multi", tmp_path / "single"
   port = _free_port()

@@ -4,16 +4,17 @@ the `evaluate` / `compose` CLIs on a workdir from a tiny training run."""
 
 import json
 import os
-import subprocess
-import sys
 
 import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from configs import digits, shapes
-from ebm_jax import compose, config_lib, evaluate, models, train
+from ebm_jax.configs import digits, shapes
+from ebm_jax import compose, config_lib, models
+from ebm_jax.eval import features, ood, quality, stats
+
+import clirun
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
@@ -31,10 +32,10 @@ def test_frechet_distance_of_gaussians_matches_the_closed_form():
   r = _rotation(d, 1)
   s1, s2 = r @ np.diag(a) @ r.T, r @ np.diag(b) @ r.T  # commuting: (S1 S2)^½ = R √(ab) Rᵀ
   expected = np.sum((mu1 - mu2) ** 2) + np.sum((np.sqrt(a) - np.sqrt(b)) ** 2)
-  assert evaluate.frechet_distance(mu1, s1, mu2, s2) == pytest.approx(expected, rel=1e-8)
+  assert stats.frechet_distance(mu1, s1, mu2, s2) == pytest.approx(expected, rel=1e-8)
   # 1-D: (m1 - m2)² + (s1 - s2)²; identical Gaussians: 0
-  assert evaluate.frechet_distance(1.0, 4.0, -1.0, 1.0) == pytest.approx(4.0 + 1.0)
-  assert abs(evaluate.frechet_distance(mu1, s1, mu1, s1)) < 1e-8
+  assert stats.frechet_distance(1.0, 4.0, -1.0, 1.0) == pytest.approx(4.0 + 1.0)
+  assert abs(stats.frechet_distance(mu1, s1, mu1, s1)) < 1e-8
 
 
 def test_frechet_distance_of_non_commuting_covariances_matches_the_2x2_closed_form():
@@ -43,7 +44,7 @@ def test_frechet_distance_of_non_commuting_covariances_matches_the_2x2_closed_fo
   b = np.array([[1.0, -0.4], [-0.4, 1.5]])
   ab = a @ b
   expected = np.trace(a) + np.trace(b) - 2 * np.sqrt(np.trace(ab) + 2 * np.sqrt(np.linalg.det(ab)))
-  assert evaluate.frechet_distance(np.zeros(2), a, np.zeros(2), b) == pytest.approx(expected,
+  assert stats.frechet_distance(np.zeros(2), a, np.zeros(2), b) == pytest.approx(expected,
                                                                                     rel=1e-8)
 
 
@@ -52,22 +53,22 @@ def test_frechet_distance_from_samples_converges_to_the_closed_form():
   x = rng.normal(size=(200_000, 3)) * [1.0, 2.0, 0.5]
   y = rng.normal(size=(200_000, 3)) * [1.0, 1.0, 1.0] + [1.0, 0.0, 0.0]
   expected = 1.0 + (2.0 - 1.0) ** 2 + (0.5 - 1.0) ** 2
-  got = evaluate.frechet_distance(*evaluate.gaussian_stats(x), *evaluate.gaussian_stats(y))
+  got = stats.frechet_distance(*stats.gaussian_stats(x), *stats.gaussian_stats(y))
   assert got == pytest.approx(expected, abs=0.03)
 
 
 def test_auroc_is_one_when_separable_and_one_half_for_identical_distributions():
   rng = np.random.default_rng(0)
-  assert evaluate.auroc(rng.uniform(2, 3, 500), rng.uniform(0, 1, 500)) == 1.0
-  assert evaluate.auroc(rng.uniform(0, 1, 500), rng.uniform(2, 3, 500)) == 0.0
+  assert stats.auroc(rng.uniform(2, 3, 500), rng.uniform(0, 1, 500)) == 1.0
+  assert stats.auroc(rng.uniform(0, 1, 500), rng.uniform(2, 3, 500)) == 0.0
   # identical distributions: AUROC ~ 0.5 with standard error sqrt((n1+n2+1)/(12 n1 n2)) = 0.0058
-  assert abs(evaluate.auroc(rng.normal(size=5000), rng.normal(size=5000)) - 0.5) < 0.025
+  assert abs(stats.auroc(rng.normal(size=5000), rng.normal(size=5000)) - 0.5) < 0.025
 
 
 def test_class_coverage_of_uniform_and_collapsed_predictions():
-  uniform = evaluate.class_coverage(np.arange(1000) % 10, 10)
+  uniform = stats.class_coverage(np.arange(1000) % 10, 10)
   assert uniform["entropy"] == pytest.approx(np.log(10)) and uniform["classes_present"] == 10
-  collapsed = evaluate.class_coverage(np.full(1000, 3), 10)
+  collapsed = stats.class_coverage(np.full(1000, 3), 10)
   assert collapsed["entropy"] == 0.0 and collapsed["classes_present"] == 1
   assert collapsed["histogram"][3] == 1000
 
@@ -106,103 +107,92 @@ def test_composition_equals_the_energies_evaluated_directly():
 
 def test_ood_sets_have_the_model_shape_and_range(tmp_path):
   test = np.random.default_rng(0).uniform(size=(20, 28, 28, 1)).astype(np.float32)
-  for name in evaluate.OOD_SETS:
-    x = evaluate.ood_images(name, (28, 28, 1), test, 20)
+  for name in ood.OOD_SETS:
+    x = ood.ood_images(name, (28, 28, 1), test, 20)
     assert x.shape == (20, 28, 28, 1) and x.dtype == np.float32, name
     assert 0.0 <= x.min() and x.max() <= 1.0, name
-  np.testing.assert_array_equal(evaluate.ood_images("flip_v", (28, 28, 1), test, 5),
+  np.testing.assert_array_equal(ood.ood_images("flip_v", (28, 28, 1), test, 5),
                                 test[:5, ::-1])
   rgb = np.random.default_rng(1).integers(0, 256, (7, 40, 40, 3), dtype=np.uint8)
   np.savez(tmp_path / "mine.npz", images=rgb)
-  x = evaluate.ood_images(str(tmp_path / "mine.npz"), (28, 28, 1), test, 20)
+  x = ood.ood_images(str(tmp_path / "mine.npz"), (28, 28, 1), test, 20)
   assert x.shape == (7, 28, 28, 1) and 0.0 <= x.min() and x.max() <= 1.0
   np.savez(tmp_path / "bad.npz", images=rgb.astype(np.float32))  # floats beyond [0, 1]
   with pytest.raises(config_lib.UserError, match=r"\[0, 1\]"):
-    evaluate.ood_images(str(tmp_path / "bad.npz"), (28, 28, 1), test, 20)
+    ood.ood_images(str(tmp_path / "bad.npz"), (28, 28, 1), test, 20)
   with pytest.raises(config_lib.UserError, match="unknown set"):
-    evaluate.ood_images("svhn_please", (28, 28, 1), test, 20)
+    ood.ood_images("svhn_please", (28, 28, 1), test, 20)
 
 
 def test_feature_classifier_learns_digits_and_survives_the_cache(tmp_path):
   cfg = digits.get_config().data
-  net = evaluate.train_classifier(cfg, steps=300, log=lambda _: None)
+  net = features.train_classifier(cfg, steps=300, log=lambda _: None)
   assert net.meta["test_accuracy"] > 0.85, net.meta  # chance: 0.1
-  evaluate.save_classifier(net, str(tmp_path))
-  loaded = evaluate.load_classifier(cfg, "", str(tmp_path))
-  x, _ = evaluate.test_images(digits.get_config(), 50)
+  features.save_classifier(net, str(tmp_path))
+  loaded = features.load_classifier(cfg, "", str(tmp_path))
+  x, _ = quality.test_images(digits.get_config(), 50)
   np.testing.assert_array_equal(loaded.predict(x), net.predict(x))
   assert loaded.features(x).shape == (50, 128)
   with pytest.raises(config_lib.UserError, match="evaluate classifier --data=digits"):
-    evaluate.load_classifier(cfg, "", str(tmp_path / "empty"))
+    features.load_classifier(cfg, "", str(tmp_path / "empty"))
 
 
-@pytest.fixture(scope="module")
-def workdir(tmp_path_factory):
-  path = str(tmp_path_factory.mktemp("digits_eval"))
-  train.train_and_evaluate(digits.get_config("tiny"), path)
-  return path
-
-
-def _cli(module, *args, cache=None):
-  env = dict(os.environ, EBM_JAX_CACHE=str(cache)) if cache else None
-  return subprocess.run([sys.executable, "-m", module, *args], capture_output=True, text=True,
-                        timeout=900, cwd=ROOT, env=env)
-
-
-def test_evaluate_cli_quality_and_ood_on_a_trained_workdir(workdir, tmp_path):
-  cache = tmp_path / "cache"
-  proc = _cli("ebm_jax.evaluate", "quality", f"--workdir={workdir}", cache=cache)
-  assert proc.returncode == 2 and "evaluate classifier --data=digits" in proc.stderr
-  assert "Traceback" not in proc.stderr
-  proc = _cli("ebm_jax.evaluate", "classifier", "--data=digits", "--classifier_steps=200",
-              cache=cache)
-  assert proc.returncode == 0, proc.stderr[-2000:]
-  out = tmp_path / "quality.json"
-  proc = _cli("ebm_jax.evaluate", "quality", f"--workdir={workdir}", "--num=100", "--steps=5",
-              f"--out={out}", cache=cache)
-  assert proc.returncode == 0, proc.stderr[-2000:]
-  q = json.loads(out.read_text())
+def test_evaluate_cli_on_a_trained_workdir(digits_workdir, tmp_path):
+  """Every `evaluate` command of the README in one process (tests/clirun.py), and its
+  mistakes: one line, exit code 2, no traceback."""
+  cache, out = tmp_path / "cache", tmp_path / "out"
+  w = f"--workdir={digits_workdir}"
+  cases = {
+      "no_classifier": ["quality", w],
+      "classifier": ["classifier", "--data=digits", "--classifier_steps=200"],
+      "quality": ["quality", w, "--num=100", "--steps=5", f"--out={out}_q.json"],
+      "along": ["quality", w, "--num=40", "--steps=6", "--eval_every=3", f"--out={out}_a.json"],
+      "ood": ["ood", w, "--num=100", "--ood=uniform,constant,flip_v", f"--out={out}_o.json"],
+      "export": ["export", w, "--num=6", "--steps=3", f"--out={out}_export"],
+      "nonsense": ["nonsense"],
+      "unknown_set": ["ood", w, "--ood=svhn"],
+      "no_workdir": ["quality"],
+      "bad_data": ["classifier", "--data=cifar10"],
+      "no_checkpoint": ["ood", "--workdir=/nonexistent/run"],
+      "accuracy_not_jem": ["accuracy", w],
+  }
+  results = dict(zip(cases, clirun.run_cli("ebm_jax.evaluate", list(cases.values()),
+                                           env={"EBM_JAX_CACHE": str(cache)})))
+  for name in ("classifier", "quality", "along", "ood", "export"):
+    assert results[name]["code"] == 0, (name, results[name]["stderr"][-2000:])
+  q = json.loads(open(f"{out}_q.json").read())
   assert q["num_samples"] == 100 and q["frechet_distance"] > 0
   assert 0 <= q["coverage"]["entropy"] <= np.log(10) + 1e-9
   assert q["classifier_test_accuracy"] > 0.5
-  # an untrained tiny model's samples are further from the data than held-out data is
+  # a barely trained tiny model's samples are further from the data than held-out data is
   assert q["frechet_distance"] > q["frechet_distance_train_vs_test"]
-  proc = _cli("ebm_jax.evaluate", "quality", f"--workdir={workdir}", "--num=40", "--steps=6",
-              "--eval_every=3", f"--out={out}", cache=cache)
-  assert proc.returncode == 0, proc.stderr[-2000:]
-  rows = json.loads(out.read_text())["along_chain"]
+  rows = json.loads(open(f"{out}_a.json").read())["along_chain"]
   assert [r["step"] for r in rows] == [3, 6] and all(r["frechet_distance"] > 0 for r in rows)
-
-  out = tmp_path / "ood.json"
-  proc = _cli("ebm_jax.evaluate", "ood", f"--workdir={workdir}", "--num=100",
-              "--ood=uniform,constant,flip_v", f"--out={out}")
-  assert proc.returncode == 0, proc.stderr[-2000:]
-  result = json.loads(out.read_text())
+  result = json.loads(open(f"{out}_o.json").read())
   assert set(result["sets"]) == {"uniform", "constant", "flip_v"}
-  assert all(0.0 <= r["auroc"] <= 1.0 for r in result["sets"].values())
-  assert "| uniform |" in proc.stdout
+  # the sign of the score: test digits are more likely than uniform noise under a trained model
+  assert result["sets"]["uniform"]["auroc"] > 0.9, result
+  assert "| uniform |" in results["ood"]["stdout"]
+  with np.load(f"{out}_export/samples.npz") as f:
+    assert f["images"].shape == (6, 8, 8, 1) and f["images"].dtype == np.uint8
+  assert len([p for p in os.listdir(f"{out}_export") if p.endswith(".png")]) == 6
+  for name, message in [("no_classifier", "evaluate classifier --data=digits"),
+                        ("nonsense", "give one command"), ("unknown_set", "unknown set 'svhn'"),
+                        ("no_workdir", "--workdir is required"), ("bad_data", "--data='cifar10'"),
+                        ("no_checkpoint", "no checkpoint"), ("accuracy_not_jem", "JEM")]:
+    r = results[name]
+    assert r["code"] == 2 and message in r["stderr"], (name, r["stderr"][-2000:])
+    assert "Traceback" not in r["stderr"], (name, r["stderr"][-2000:])
 
 
-@pytest.mark.parametrize("args,message", [
-    (["nonsense"], "give one command"),
-    (["ood", "--workdir=WORKDIR", "--ood=svhn"], "unknown set 'svhn'"),
-    (["quality"], "--workdir is required"),
-    (["classifier", "--data=cifar10"], "--data='cifar10'"),
-    (["ood", "--workdir=/nonexistent/run"], "no checkpoint"),
-])
-def test_evaluate_cli_rejects_bad_input_without_traceback(args, message, workdir):
-  proc = _cli("ebm_jax.evaluate", *[a.replace("WORKDIR", workdir) for a in args])
-  assert proc.returncode == 2 and message in proc.stderr, proc.stderr[-2000:]
-  assert "Traceback" not in proc.stderr
-
-
-def test_compose_cli_writes_samples_and_rejects_bad_labels(workdir, tmp_path):
-  proc = _cli("ebm_jax.compose", f"--model={workdir}", f"--model={workdir}", "--op=or",
-              "--num=8", "--steps=4", f"--out={tmp_path}")
-  assert proc.returncode == 0, proc.stderr[-2000:]
+def test_compose_cli_writes_samples_and_rejects_bad_labels(digits_workdir, tmp_path):
+  w = digits_workdir
+  ok, unconditional, one_model = clirun.run_cli("ebm_jax.compose", [
+      [f"--model={w}", f"--model={w}", "--op=or", "--num=8", "--steps=4", f"--out={tmp_path}"],
+      [f"--model={w}:circle", "--num=8"],
+      [f"--model={w}", "--op=not"]])
+  assert ok["code"] == 0, ok["stderr"][-2000:]
   with np.load(tmp_path / "or_uncond_uncond.npz") as f:
     assert f["samples"].shape == (8, 8, 8, 1)
-  proc = _cli("ebm_jax.compose", f"--model={workdir}:circle", "--num=8")
-  assert proc.returncode == 2 and "unconditional" in proc.stderr
-  proc = _cli("ebm_jax.compose", f"--model={workdir}", "--op=not")
-  assert proc.returncode == 2 and "two for --op=not" in proc.stderr
+  assert unconditional["code"] == 2 and "unconditional" in unconditional["stderr"]
+  assert one_model["code"] == 2 and "two for --op=not" in one_model["stderr"]

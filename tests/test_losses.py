@@ -11,7 +11,7 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from configs.default import get_config
+from ebm_jax.configs.default import get_config
 from ebm_jax import langevin, losses
 
 jax.config.update("jax_enable_x64", False)
@@ -179,3 +179,65 @@ def test_nearest_neighbour_distance_matches_brute_force():
   # a point equal to a reference: distance sqrt(eps), finite gradient
   g = jax.grad(lambda x: jnp.log(losses.nearest_neighbour_distance(x, b, 1e-8)).sum())(b[:2])
   assert np.all(np.isfinite(g))
+
+
+def _multihead_energy(w, x, y=None):
+  """Three heads E_h(x) = ½ c_h Σ_d w_d x_d² (B, 3): the samplers' summed energy is
+  ½ (Σ c) Σ w x², the losses' mean over heads ½ mean(c) Σ w x²."""
+  del y
+  base = 0.5 * jnp.sum(w * x ** 2, axis=-1, keepdims=True)
+  return base * jnp.array([1.0, 2.0, 0.5])
+
+
+def test_multihead_kl_terms_match_their_closed_forms(data):
+  """(B, 3) energies: x̂ steps along the head *sum* (c = 3.5), L_opt averages the heads
+  (mean c = 7/6); both gradients in w against the hand-derived forms."""
+  c_sum, c_mean = 3.5, 3.5 / 3
+  x_t = np.asarray(data["x0"][:N], np.float64)  # x̃_{K−1}, inside the box after the step
+  w = np.asarray(data["w"], np.float64)
+  refs = np.asarray(data["refs"], np.float64)
+  cfg = _cfg(cd=False, opt=True, ent=True)
+  kl = losses.KLInputs(x_noised=data["x0"][:N], x0=data["x0"][:N], chain_key=data["chain_key"],
+                       labels=None)
+
+  def loss(wv):
+    return losses.icd_loss(wv, _multihead_energy, x_pos=data["x_pos"], y_pos=None,
+                           x_neg=data["x0"], y_neg=None, kl=kl, ent_refs=data["refs"],
+                           ent_active=jnp.array(True), cfg=cfg)
+
+  (total, aux), g = jax.value_and_grad(loss, has_aux=True)(data["w"])
+  x_hat = (1 - LAM * c_sum * w) * x_t
+  assert 0 < x_hat.min() and x_hat.max() < 1  # the clip is inactive here
+  # L_opt = 1.3 · mean_i ½ c_mean Σ w x̂²  (θ frozen inside E, live through x̂)
+  np.testing.assert_allclose(aux["opt"], 1.3 * np.mean(0.5 * c_mean * (w * x_hat ** 2).sum(1)),
+                             rtol=1e-5)
+  # d/dw: 1.3 · mean_i c_mean · w ⊙ x̂ ⊙ dx̂/dw, dx̂_d/dw_d = −λ c_sum x̃_d
+  g_opt = 1.3 * np.mean(c_mean * w * x_hat * (-LAM * c_sum * x_t), axis=0)
+  d = np.sqrt(((x_hat[:, None] - refs[None]) ** 2).sum(-1) + 1e-6)
+  j = d.argmin(1)
+  np.testing.assert_allclose(aux["ent"], -0.7 * np.mean(np.log(d[np.arange(N), j])), rtol=1e-5)
+  # d/dw of −0.7 mean log d_i: −0.7 mean_i (x̂_i − b_j)/d_i² ⊙ dx̂_i/dw
+  g_ent = -0.7 * np.mean((x_hat - refs[j]) / d[np.arange(N), j, None] ** 2
+                         * (-LAM * c_sum * x_t), axis=0)
+  np.testing.assert_allclose(g, g_opt + g_ent, rtol=2e-4, atol=1e-7)
+
+
+def test_box_clip_blocks_the_gradient_through_saturated_pixels():
+  """x̂ = clip(x̃ − λ∇E, 0, 1): where the step leaves the box, x̂ does not move with θ, so
+  L_opt's gradient through those coordinates is exactly zero."""
+  w = jnp.array([0.5, 0.5, 0.5])
+  x_t = jnp.array([[0.9, 0.5, 0.1]])
+  cfg = _cfg(cd=False, opt=True)
+  cfg.langevin.step_size = 1.0
+  # E_w(x) = −Σ w_d s_d x_d with s = (+1, 0.1, −1): the step pushes x_0 above 1, x_2 below 0
+  s = jnp.array([1.0, 0.1, -1.0])
+  lin = lambda wv, x, y=None: -jnp.sum(wv * s * x, axis=-1, keepdims=True)
+  kl = losses.KLInputs(x_noised=x_t, x0=x_t, chain_key=jax.random.key(0), labels=None)
+
+  def l_opt(wv):
+    return losses.icd_loss(wv, lin, x_pos=x_t, y_pos=None, x_neg=x_t, y_neg=None, kl=kl,
+                           ent_refs=x_t, ent_active=jnp.array(False), cfg=cfg)[1]["opt"]
+
+  g = np.asarray(jax.grad(l_opt)(w))
+  # x̂ = clip(x̃ + w s) = (1, 0.55, 0); L_opt = −1.3 Σ w̄ s x̂ with w̄ frozen: only d = 1 moves
+  np.testing.assert_allclose(g, [0.0, -1.3 * (0.5 * 0.1) * 0.1, 0.0], atol=1e-7)

@@ -6,7 +6,7 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from configs.default import get_config
+from ebm_jax.configs.default import get_config
 from ebm_jax.models import SPECTRAL, check_input_shape, make_model
 from ebm_jax.models.layers import ResBlock, SelfAttention, WSConv
 

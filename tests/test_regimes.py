@@ -22,7 +22,7 @@ ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
 
 def _config(name: str, variant: str, **overrides):
-  c = importlib.import_module(f"configs.{name}").get_config(variant)
+  c = importlib.import_module(f"ebm_jax.configs.{name}").get_config(variant)
   c.data.download = False
   for dotted, value in overrides.items():
     ablation._set(c, dotted, value)  # pylint: disable=protected-access
@@ -186,8 +186,10 @@ REGIMES = [
 
 
 @pytest.mark.parametrize("name,variant,overrides", REGIMES)
-def test_each_regime_trains_a_few_steps(name, variant, overrides):
+def test_each_regime_trains_a_few_steps(name, variant, overrides, fashion_mnist_dir):
   cfg = _config(name, variant, **overrides)
+  if cfg.data.name == "fashion_mnist":
+    cfg.data.path = fashion_mnist_dir
   setup = train.Setup(cfg)
   state = setup.fresh_state()
   stream = setup.stream(0)
@@ -195,6 +197,33 @@ def test_each_regime_trains_a_few_steps(name, variant, overrides):
     state, metrics, _ = setup.step_fn(state, setup.global_batch(next(stream)))
   m = jax.device_get(metrics)
   assert bool(m["finite"]) and int(state.step) == 2
+  # each regime's defining settings (the oracle, tests/test_step_oracle.py, shows that the data
+  # replacement, restarts, the FIFO, spectral norm and JEM's cross-entropy act as wired)
+  defining = {
+      "igebm": dict(conv="spectral", kind="fifo", clip=0.01, kl=False, augment=False),
+      "true_cd": dict(init="data", data_prob=0.1, restart=0.0),
+      "shortrun": dict(restart=1.0, data_prob=0.0),
+      "right_kl": dict(kl=True, form="right"), "paper_kl": dict(kl=True, form="paper"),
+      "jem": dict(jem=True, kl=True), "mala": dict(sampler="mala"),
+  }
+  actual = dict(conv=cfg.model.conv, kind=cfg.buffer.kind, clip=cfg.langevin.grad_clip,
+                kl=cfg.loss.opt and cfg.loss.ent, augment=cfg.buffer.augment,
+                init=cfg.buffer.init, data_prob=cfg.buffer.data_prob,
+                restart=cfg.buffer.noise_restart_prob, form=cfg.loss.kl_form,
+                jem=cfg.model.jem, sampler=cfg.langevin.sampler)
+  tags = [t for t in ("igebm", "jem") if t in name] + [
+      t for t in ("shortrun", "right_kl", "paper_kl") if t in variant]
+  tags += ["true_cd"] if name == "true_cd" and "shortrun" not in variant else []
+  tags += ["mala"] if overrides.get("langevin.sampler") == "mala" else []
+  assert tags or "elastic" in variant, name
+  if name == "true_cd" and "_kl" not in variant:
+    assert not (cfg.loss.opt or cfg.loss.ent) and not cfg.buffer.augment  # no ICD tricks
+  for tag in tags:
+    for field, value in defining[tag].items():
+      assert actual[field] == value, (name, variant, tag, field, actual[field])
+  if "elastic" in variant:
+    assert cfg.augment.elastic_alpha > 0 and cfg.buffer.augment and cfg.sample.augment
+    assert cfg.augment.crop_scale == (1.0, 1.0) and not cfg.augment.flip
   assert 0.0 <= float(m["langevin_accept_rate"]) <= 1.0
   if cfg.langevin.sampler == "ula":
     assert float(m["langevin_accept_rate"]) == 1.0
@@ -224,6 +253,7 @@ def test_ablation_rows_are_cumulative_and_multiscale_is_na_for_one_scale_nets():
   assert not cifar["+L_ent"].model.multiscale and cifar["+multiscale"].model.multiscale
 
 
+@pytest.mark.slow  # three runner processes, classifier training
 def test_ablation_runner_writes_its_table_and_skips_finished_rows(tmp_path):
   workdir, cache = tmp_path / "abl", tmp_path / "cache"
   args = [sys.executable, "-m", "ebm_jax.experiments.ablation",

@@ -7,20 +7,22 @@ import os
 import subprocess
 import sys
 
-import chex
 import jax
 import numpy as np
 import pytest
 import tensorflow_datasets as tfds
 
-from ebm_jax import checkpoint, config_lib, sample, train
+import clirun
+
+import ebm_jax
+from ebm_jax import checkpoint, cli, config_lib, sample, train
 from ebm_jax.metrics import METRICS_FILE, read_jsonl
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
 
 def tiny_config(name: str, extra: str = "", **overrides):
-  module = importlib.import_module(f"configs.{name}")
+  module = importlib.import_module(f"ebm_jax.configs.{name}")
   c = module.get_config(",".join(t for t in (extra, "tiny") if t))
   c.data.download = False  # never reach for the network in tests
   for dotted, value in overrides.items():
@@ -48,8 +50,10 @@ OFFLINE = [("digits", ""), ("fashion_mnist", ""), ("shapes", "color"), ("toy2d",
 
 
 @pytest.mark.parametrize("name,extra", OFFLINE)
-def test_offline_configs_train_and_checkpoint(name, extra, tmp_path):
+def test_offline_configs_train_and_checkpoint(name, extra, tmp_path, fashion_mnist_dir):
   cfg = tiny_config(name, extra)
+  if name == "fashion_mnist":
+    cfg.data.path = fashion_mnist_dir
   state = train.train_and_evaluate(cfg, str(tmp_path))
   assert int(state.step) == cfg.train.num_steps
   _check_run(str(tmp_path), cfg.train.num_steps)
@@ -57,8 +61,12 @@ def test_offline_configs_train_and_checkpoint(name, extra, tmp_path):
   assert int(state.buffer.size) == min(8 * cfg.train.num_steps, cfg.buffer.capacity)
 
 
-TFDS = [("cifar10", ""), ("mnist", ""), ("celebahq", ""), ("lsun_bedroom", ""),
-        ("celeba_attributes", "Smiling")]
+# cifar10 in the default run; the others compile larger nets (128² for CelebA-HQ / LSUN) and
+# run with `pytest -m slow`.
+_SLOW = pytest.mark.slow
+TFDS = [("cifar10", ""), pytest.param("mnist", "", marks=_SLOW),
+        pytest.param("celebahq", "", marks=_SLOW), pytest.param("lsun_bedroom", "", marks=_SLOW),
+        pytest.param("celeba_attributes", "Smiling", marks=_SLOW)]
 
 
 @pytest.mark.parametrize("name,extra", TFDS)
@@ -105,6 +113,7 @@ def test_resume_is_bitwise_exact(tmp_path):
   assert not _leaves_equal(full.params, train.Setup(cfg).init_state().params)  # it trained
 
 
+@pytest.mark.slow  # an 8-device process compiling the step twice
 def test_sharded_step_equals_single_device_step():
   # 8 forced CPU devices need a fresh process (XLA reads the flag at start-up).
   env = dict(os.environ, XLA_FLAGS="--xla_force_host_platform_device_count=8",
@@ -115,16 +124,9 @@ def test_sharded_step_equals_single_device_step():
   assert "devices=8" in proc.stdout and "max_abs_diff" in proc.stdout
 
 
-@pytest.fixture(scope="module")
-def trained_workdir(tmp_path_factory):
-  workdir = str(tmp_path_factory.mktemp("digits"))
-  train.train_and_evaluate(tiny_config("digits", train__num_steps=2), workdir)
-  return workdir
-
-
-def test_sampling_from_a_checkpoint(trained_workdir, tmp_path):
-  config, info, model, ema, step = sample.load_for_sampling(trained_workdir)
-  assert step == 2 and info.shape == (8, 8, 1)
+def test_sampling_from_a_checkpoint(digits_workdir, tmp_path):
+  config, info, model, ema, step = sample.load_for_sampling(digits_workdir)
+  assert step == 40 and info.shape == (8, 8, 1)
   path = sample.sample_to_files(config, model, info, ema["params"], ema["model_state"],
                                 str(tmp_path), "s", num=6, steps=5)
   arrays = np.load(str(tmp_path / "s.npz"))
@@ -134,44 +136,91 @@ def test_sampling_from_a_checkpoint(trained_workdir, tmp_path):
   assert os.path.getsize(path) > 100
 
 
-def _cli(module, *args, timeout=600):
-  proc = subprocess.run([sys.executable, "-m", module, *args], capture_output=True, text=True,
-                        timeout=timeout, cwd=ROOT)
-  return proc.returncode, proc.stdout + proc.stderr
+def test_sampling_uses_the_ema_parameters_and_the_saved_ema_item_is_state_ema(digits_workdir):
+  """The `ema` item of a checkpoint equals the state's EMA parameters (not its parameters),
+  and the sampler draws with exactly those."""
+  config, info, model, ema, step = sample.load_for_sampling(digits_workdir)
+  setup = train.Setup(config)
+  ckpt = checkpoint.Checkpointer(digits_workdir, config, setup.info)
+  state = jax.device_get(ckpt.restore_state(setup.abstract_state, setup.state_sharding))
+  ckpt.close()
+  assert int(state.step) == step
+  assert _leaves_equal(ema["params"], state.ema_params)
+  assert not _leaves_equal(state.ema_params, state.params)  # the two differ after training
+  run = ebm_jax.load(digits_workdir)
+  assert _leaves_equal(run.variables["params"], state.ema_params)
+  x = np.random.default_rng(0).uniform(size=(5, 8, 8, 1)).astype(np.float32)
+  want = np.asarray(model.apply({"params": state.ema_params, **state.model_state}, x).sum(-1))
+  np.testing.assert_allclose(run.energy(x), want, rtol=1e-6)
 
 
-def test_sample_cli_writes_requested_count(trained_workdir, tmp_path):
-  code, out = _cli("ebm_jax.sample", f"--workdir={trained_workdir}", "--num=5", "--steps=4",
-                   f"--out={tmp_path}")
-  assert code == 0, out[-2000:]
-  files = sorted(os.listdir(tmp_path))
-  assert len(files) == 2 and files[0].endswith(".npz") and files[1].endswith(".png")
-  assert np.load(str(tmp_path / files[0]))["samples"].shape == (5, 8, 8, 1)
+def test_python_api_snippet_of_the_readme_runs_as_written(digits_workdir):
+  """The README's "In Python" example, extracted from README.md and executed."""
+  readme = open(os.path.join(ROOT, "README.md")).read()
+  start = readme.index("```python\nimport ebm_jax")
+  code = readme[start + len("```python\n"):readme.index("```", start + 10)]
+  namespace = {}
+  exec(code.replace('"runs/digits"', repr(digits_workdir)), namespace)  # pylint: disable=exec-used
+  x, e = namespace["x"], namespace["e"]
+  assert x.shape == (16, 8, 8, 1) and 0.0 <= x.min() and x.max() <= 1.0
+  assert e.shape == (16,) and np.all(np.isfinite(e))
 
 
-def test_sample_cli_without_checkpoint_says_so(tmp_path):
-  code, out = _cli("ebm_jax.sample", f"--workdir={tmp_path}")
-  assert code == 2 and "no checkpoint" in out and "Traceback" not in out
+def test_main_cli_mistakes_give_one_line_and_exit_code_2(digits_workdir, tmp_path,
+                                                          fashion_mnist_dir):
+  """Every case in one process (tests/clirun.py): exit code 2, the named field or fix, no
+  traceback, and nothing written into the workdir of a rejected config."""
+  blocker = tmp_path / "a_file"
+  blocker.write_text("not a directory")
+  tiny = "--config=configs/digits.py:tiny"
+  cases = [
+      ([tiny, "--config.train.no_such_field=1"], "no_such_field"),
+      ([tiny, "--config.train.batch_size=abc"], "batch_size"),
+      ([tiny, "--config.model.norm=batch"], "model.norm"),
+      (["--config=configs/fashion_mnist.py:tiny", "--config.data.path=/no/such/folder"],
+       "dataset-fashion-mnist"),
+      (["--config=configs/shapes.py:tiny", "--config.data.image_size=8"], "image_size"),
+      (["--config=configs/cifar10.py:tiny", "--config.data.download=False",
+        "--config.data.path=/tmp/ebm_jax_no_tfds_here"], "cifar10"),
+      (["--config=configs/no_such_config.py"], "no_such_config.py"),
+      (["--config=configs/digits.py:huge"], "unknown config variant 'huge'"),
+      ([tiny, "--config.loss.kl_samples=9"], "loss.kl_samples"),
+      ([tiny, "stray_word"], "unexpected argument"),
+      ([tiny, f"--workdir={blocker}/w"], "not writable"),
+      ([tiny, "--config.model.features=16", f"--workdir={digits_workdir}"], "model.features"),
+  ]
+  argvs = [args if any(a.startswith("--workdir") for a in args)
+           else args + [f"--workdir={tmp_path}/w{i}"] for i, (args, _) in enumerate(cases)]
+  for (args, expected), result in zip(cases, clirun.run_cli("ebm_jax.main", argvs)):
+    said = result["stderr"]
+    assert result["code"] == cli.EXIT_USER_ERROR, (args, said[-2000:])
+    assert expected in said and "Traceback" not in said, (args, said[-2000:])
+    assert len([l for l in said.splitlines() if l.startswith("error:")]) == 1, (args, said)
+  # the mismatching config left the trained run as it was
+  assert sorted(os.listdir(os.path.join(digits_workdir, "checkpoints"))) == ["20", "40"]
 
 
-@pytest.mark.parametrize("args,expected", [
-    (["--config=configs/digits.py:tiny", "--config.train.no_such_field=1"], "no_such_field"),
-    (["--config=configs/digits.py:tiny", "--config.train.batch_size=abc"], "batch_size"),
-    (["--config=configs/digits.py:tiny", "--config.model.norm=batch"], "model.norm"),
-    (["--config=configs/fashion_mnist.py:tiny", "--config.data.path=/no/such/folder"],
-     "dataset-fashion-mnist"),
-    (["--config=configs/shapes.py:tiny", "--config.data.image_size=8"], "image_size"),
-    (["--config=configs/cifar10.py:tiny", "--config.data.download=False",
-      "--config.data.path=/tmp/ebm_jax_no_tfds_here"], "cifar10"),
-    (["--config=configs/no_such_config.py"], "no_such_config.py"),
-    (["--config=configs/digits.py:huge"], "unknown config variant 'huge'"),
-    (["--config=configs/digits.py:tiny", "--config.loss.kl_samples=9"], "loss.kl_samples"),
-])
-def test_bad_input_gives_one_clear_message(args, expected, tmp_path):
-  code, out = _cli("ebm_jax.main", *args, f"--workdir={tmp_path}/w")
-  assert code != 0
-  assert expected in out, out[-2000:]
-  assert "Traceback" not in out, out[-3000:]
+def test_sample_cli(digits_workdir, tmp_path):
+  """`python -m ebm_jax.sample` as README shows it (--num, --steps, --step_size, --seed,
+  --out), and its mistakes: no checkpoint, a label for an unconditional model, bad counts."""
+  cases = [
+      [f"--workdir={digits_workdir}", "--num=5", "--steps=4", "--step_size=3", "--seed=1",
+       f"--out={tmp_path}/out"],
+      [f"--workdir={tmp_path}/nothing"],
+      [f"--workdir={digits_workdir}", "--label=3"],
+      [f"--workdir={digits_workdir}", "--num=0"],
+      [f"--workdir={digits_workdir}", "--step_size=-1"],
+  ]
+  ok, *bad = clirun.run_cli("ebm_jax.sample", cases)
+  assert ok["code"] == 0, ok["stderr"][-2000:]
+  files = sorted(os.listdir(tmp_path / "out"))
+  assert files == ["sample_step40_seed1.npz", "sample_step40_seed1.png"]
+  with np.load(tmp_path / "out" / files[0]) as f:
+    assert f["samples"].shape == (5, 8, 8, 1) and f["energy_per_step"].shape == (4,)
+  for result, expected in zip(bad, ["no checkpoint", "unconditional", "--num=0",
+                                    "--step_size=-1.0"]):
+    assert result["code"] == cli.EXIT_USER_ERROR, result
+    assert expected in result["stderr"] and "Traceback" not in result["stderr"], result
 
 
 def test_config_of_an_older_checkpoint_gets_fields_added_since():
@@ -184,15 +233,29 @@ def test_config_of_an_older_checkpoint_gets_fields_added_since():
   assert isinstance(config.augment.crop_scale, tuple)
 
 
-def test_unwritable_workdir(tmp_path):
-  blocker = tmp_path / "a_file"
-  blocker.write_text("not a directory")
-  code, out = _cli("ebm_jax.main", "--config=configs/digits.py:tiny", f"--workdir={blocker}/w")
-  assert code == 2 and "not writable" in out and "Traceback" not in out
+def test_configs_load_from_outside_the_repository(tmp_path):
+  """--config=<repo>/configs/digits.py:tiny from another working directory."""
+  proc = subprocess.run(
+      [sys.executable, "-c", "from ml_collections import config_flags as c; import sys; "
+       "print(c.load_config_file(sys.argv[1]).model.features)",
+       os.path.join(ROOT, "configs", "true_cd.py") + ":digits,tiny"],
+      capture_output=True, text=True, timeout=300, cwd=str(tmp_path),
+      env=dict(os.environ, PYTHONPATH=""))
+  assert proc.returncode == 0, proc.stderr[-2000:]
+  assert proc.stdout.strip() == "8"
 
 
-def test_checkpoint_config_mismatch_names_the_field(trained_workdir):
-  code, out = _cli("ebm_jax.main", "--config=configs/digits.py:tiny",
-                   "--config.model.features=16", f"--workdir={trained_workdir}")
-  assert code == 2, out[-2000:]
-  assert "model.features" in out and "Traceback" not in out
+def test_quality_hook_logs_sample_quality_at_its_steps(tmp_path, monkeypatch):
+  """train.eval_every: EMA samples by the test-time chain, scored at the eval steps (and the
+  last), written to metrics.jsonl; the feature classifier is trained first when not cached."""
+  monkeypatch.setenv("EBM_JAX_CACHE", str(tmp_path / "cache"))
+  cfg = tiny_config("digits", train__num_steps=4, train__eval_every=3, eval__num=130,
+                    eval__classifier_steps=150)
+  train.train_and_evaluate(cfg, str(tmp_path / "run"))
+  rows = [r for r in read_jsonl(str(tmp_path / "run" / METRICS_FILE)) if "quality/frechet" in r]
+  assert [r["step"] for r in rows] == [3, 4]
+  for r in rows:
+    assert r["quality/frechet"] > 0 and 0 <= r["quality/coverage_entropy"] <= np.log(10)
+    assert 1 <= r["quality/classes"] <= 10
+    assert 0 < r["quality/mean_pixel"] < 1 and 0 <= r["quality/saturated_frac"] <= 1
+  assert os.listdir(tmp_path / "cache")  # the classifier it trained is cached

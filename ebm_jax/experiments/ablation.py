@@ -34,7 +34,7 @@ import numpy as np
 from absl import app, flags, logging
 from ml_collections import config_flags
 
-from ebm_jax import config_lib, models
+from ebm_jax import cli, config_lib, errors, models
 
 # (name, description, overrides added to every earlier row's)
 ROWS: tuple[tuple[str, str, dict[str, Any]], ...] = (
@@ -112,28 +112,29 @@ def evaluate_workdir(workdir: str, *, num: int, cache_dir: str, seed: int,
                      classifier_steps: int = 1500) -> dict:
   """Sample quality and OOD AUROC of a trained row (offline datasets), under EMA params."""
   from ebm_jax import data as data_lib  # pylint: disable=import-outside-toplevel
-  from ebm_jax import evaluate, sample  # pylint: disable=import-outside-toplevel
+  from ebm_jax import sample  # pylint: disable=import-outside-toplevel
+  from ebm_jax.eval import features, ood, quality  # pylint: disable=import-outside-toplevel
   config, info, model, ema, step = sample.load_for_sampling(workdir)
   out: dict[str, Any] = {"evaluated_step": step}
   if config.data.name not in data_lib.OFFLINE_DATASETS or len(info.shape) != 3:
     out["note"] = "no offline classifier for this data: use `evaluate export` and an FID tool"
     return out
   try:
-    net = evaluate.load_classifier(config.data, config.data.attribute, cache_dir)
+    net = features.load_classifier(config.data, config.data.attribute, cache_dir)
   except config_lib.UserError:
     logging.info("Training the %s feature classifier (cached in %s)", config.data.name,
                  cache_dir)
-    net = evaluate.train_classifier(config.data, config.data.attribute, seed=0,
+    net = features.train_classifier(config.data, config.data.attribute, seed=0,
                                     steps=classifier_steps, log=logging.info)
-    evaluate.save_classifier(net, cache_dir)
-  q = evaluate.quality(config, model, ema, info, net, num=num, steps=None, seed=seed)
+    features.save_classifier(net, cache_dir)
+  q = quality.quality(config, model, ema, info, net, num=num, steps=None, seed=seed)
   out.update(frechet_distance=q["frechet_distance"],
              frechet_floor=q["frechet_distance_train_vs_test"],
              coverage_entropy=q["coverage"]["entropy"],
              classes_present=q["coverage"]["classes_present"],
              num_classes=q["coverage"]["num_classes"])
   sets = [s for s in OFFLINE_OOD if not (s == "digits" and config.data.name == "digits")]
-  o = evaluate.ood(config, model, ema, info, sets, num=num, seed=seed)
+  o = ood.ood(config, model, ema, info, sets, num=num, seed=seed)
   out["ood_auroc"] = {k: v["auroc"] for k, v in o["sets"].items()}
   out["ood_auroc_mean"] = float(np.mean(list(out["ood_auroc"].values())))
   return out
@@ -149,7 +150,7 @@ def run_row(name: str, config, workdir: str, *, seed: int, num: int, cache_dir: 
   try:
     train.train_and_evaluate(config, workdir)
     result.update(stable=True, diverged_at=None, cause=None)
-  except train.DivergenceError as e:
+  except errors.DivergenceError as e:
     logging.warning("Row %s seed %d diverged: %s", name, seed, e)
     result.update(stable=False, diverged_at=e.step, cause=e.cause)
   result["train_seconds"] = time.time() - t0
@@ -251,7 +252,7 @@ FLAGS = flags.FLAGS
 def define_flags() -> None:
   config_flags.DEFINE_config_file("config", None, "Base config; rows change it cumulatively.",
                                   lock_config=True)
-  flags.DEFINE_string("workdir", None, "Directory of the ablation (one sub-directory per row).")
+  cli.define_common_flags()  # --workdir: the ablation's folder, one sub-folder per row
   flags.DEFINE_list("rows", list(ROW_NAMES), f"Rows to run, of {', '.join(ROW_NAMES)}.")
   flags.DEFINE_list("seeds", ["0"], "Seeds; every row runs each.")
   flags.DEFINE_integer("steps", None, "Training steps per row (default: the config's).")
@@ -262,11 +263,9 @@ def define_flags() -> None:
                       "~/.cache/ebm_jax).")
   flags.DEFINE_integer("classifier_steps", 1500, "Steps of the feature classifier, trained "
                        "once per dataset when the cache has none.")
-  flags.DEFINE_bool("debug", False, "Show tracebacks for user errors.")
 
 
 def run() -> None:
-  from ebm_jax import cli, evaluate  # pylint: disable=import-outside-toplevel
   base = cli.load_config_flag()
   if not FLAGS.workdir:
     raise config_lib.UserError("--workdir is required")
@@ -288,7 +287,7 @@ def run() -> None:
     base.train.num_steps = FLAGS.steps
   stability_config(base, FLAGS.gap_bound, FLAGS.gap_patience)
   config_lib.validate(base)
-  cache_dir = FLAGS.cache_dir or evaluate.default_cache_dir()
+  cache_dir = FLAGS.cache_dir or cli.cache_dir()
   os.makedirs(FLAGS.workdir, exist_ok=True)
   rows = [r for r in row_configs(base) if r[0] in FLAGS.rows]
   results: dict[str, list[dict]] = {}
@@ -331,13 +330,9 @@ def run() -> None:
 
 
 def main(argv) -> None:
-  if len(argv) > 1:
-    raise app.UsageError(f"unexpected arguments: {argv[1:]}")
-  from ebm_jax import cli  # pylint: disable=import-outside-toplevel
-  cli.run_guarded(run)
+  cli.run_guarded(lambda: (cli.no_positional(argv), run()))
 
 
 if __name__ == "__main__":
   define_flags()
-  from ebm_jax import cli  # pylint: disable=import-outside-toplevel
   app.run(main, flags_parser=cli.parse_flags)

@@ -67,12 +67,12 @@ def make_model(cfg: ml_collections.ConfigDict, shape: tuple[int, ...], num_class
   check_input_shape(cfg, shape)
   dtype = _DTYPES[cfg.dtype]
   if cfg.name == "mlp":
-    if cfg.get("jem", False):
+    if cfg.jem:
       raise ValueError("model.jem=True needs a convolutional net (resnet32, resnet128, mnist)")
     return MLPEnergy(tuple(cfg.mlp_hidden), dtype=dtype)
   if cfg.conv not in ("ws", "spectral", "plain"):
     raise ValueError(f"model.conv={cfg.conv!r} is not one of ['plain', 'spectral', 'ws']")
-  if cfg.get("jem", False):
+  if cfg.jem:
     if num_classes < 2:
       raise ValueError("model.jem=True needs labelled data: set data.attribute='class' (or a "
                        "shapes / CelebA attribute)")

@@ -1,0 +1,69 @@
+"""A trained run in three lines, read-only:
+
+  import ebm_jax, jax
+  run = ebm_jax.load("runs/digits")              # latest checkpoint (or step=N), EMA parameters
+  x = run.sample(16, key=jax.random.key(0))      # (16, H, W, C) in [0, 1], test-time chain
+  e = run.energy(x)                              # (16,) energies, heads summed
+
+Nothing in the workdir is written or moved.
+"""
+
+import dataclasses
+from typing import Any
+
+import jax
+import jax.numpy as jnp
+import ml_collections
+import numpy as np
+
+from ebm_jax import sample as sample_lib
+from ebm_jax import sampling
+from ebm_jax.errors import UserError
+
+
+@dataclasses.dataclass(frozen=True)
+class Run:
+  """A restored run: its config, data description, net, EMA variables and checkpoint step."""
+  config: ml_collections.ConfigDict
+  info: Any  # shape, num_classes, levels, class_names of the training data
+  model: Any  # the Flax module
+  variables: dict  # {"params": EMA params, **model_state}
+  step: int
+
+  def _labels(self, n: int, label: int | None) -> np.ndarray | None:
+    if label is not None and not 0 <= label < max(self.info.num_classes, 1):
+      raise UserError(f"label={label}: the model has {self.info.num_classes} classes")
+    if label is not None and not self.info.num_classes:
+      raise UserError(f"label={label}: the model is unconditional")
+    return sample_lib.default_labels(n, self.info.num_classes, -1 if label is None else label)
+
+  def sample(self, n: int, key: jax.Array | None = None, label: int | None = None,
+             steps: int | None = None) -> np.ndarray:
+    """n samples from uniform noise by the test-time chain of config.sample (`steps` total
+    Langevin steps overrides its length); conditional models cycle through the classes unless
+    `label` is given."""
+    if n < 1:
+      raise UserError(f"n={n} must be at least 1")
+    key = jax.random.key(0) if key is None else key
+    shape = tuple(self.info.shape)
+    x, _ = sampling.draw(sampling.model_energy(self.model),
+                         sampling.settings_from_config(self.config, steps=steps), key, n, shape,
+                         self._labels(n, label), variables=self.variables,
+                         batch_size=self.config.sample.batch_size,
+                         transition=sampling.transition_from_config(self.config, shape))
+    return x
+
+  def energy(self, x, label: int | None = None) -> np.ndarray:
+    """Energies (B,) of images x (B, H, W, C) in [0, 1], summed over heads (lower = likelier)."""
+    x = jnp.asarray(x, jnp.float32)
+    if x.shape[1:] != tuple(self.info.shape):
+      raise UserError(f"x has shape {x.shape}; this model takes (B, *{tuple(self.info.shape)})")
+    y = self._labels(x.shape[0], label)
+    return np.asarray(self.model.apply(self.variables, x, y).sum(-1))
+
+
+def load(workdir: str, step: int | None = None) -> Run:
+  """The run in `workdir` at its latest checkpoint (or `step`), with the EMA parameters."""
+  config, info, model, ema, step = sample_lib.load_for_sampling(workdir, step)
+  return Run(config=config, info=info, model=model,
+             variables={"params": ema["params"], **ema["model_state"]}, step=int(step))

@@ -1,0 +1,11 @@
+"""CIFAR-10 32x32, unconditional (paper A.2; the defaults are CIFAR-10's)."""
+
+from ebm_jax.configs import default
+
+
+def get_config(variant: str = ""):
+  c = default.get_config()
+  c.data.name = "cifar10"
+  c.augment.blur_kernel = 5  # paper A.2 ("Gaussian blur of 5 pixels"); the code has no blur here
+  default.finish(c, variant)
+  return c

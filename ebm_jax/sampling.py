@@ -1,0 +1,169 @@
+"""The one test-time sampler: an energy function and typed chain settings in, samples out.
+
+Paper §2.3 (arXiv:2012.01316; docs/reference.md §5): chains start from uniform noise and run
+num_blocks × (block_steps Langevin steps + one augmentation transition of the batch), then
+final_steps plain steps. The energy is an argument (blackjax's shape), so one sampler serves a
+trained model (`sample`, `ebm_jax.load`), a composition of models (`compose`), evaluation along
+a chain (`evaluate quality --eval_every`) and the training loop's quality hook.
+
+  settings = sampling.settings_from_config(config)            # or ChainSettings(...) by hand
+  sampler = sampling.Sampler(sampling.model_energy(model), settings, shape=(28, 28, 1))
+  x, diagnostics = sampler.draw(key, 64, variables=variables)  # compiled once, reused
+
+energy_fn(variables, x, y) -> (B, S) energies (y: one-hot labels or None). Chains run in
+batches of `batch_size`, one compilation per Sampler.
+"""
+
+import functools
+from typing import Callable, Iterator, NamedTuple
+
+import jax
+import jax.numpy as jnp
+import ml_collections
+import numpy as np
+
+from ebm_jax import augment as augment_lib
+from ebm_jax import langevin
+
+EnergyFn = Callable[..., jax.Array]  # (variables, x, y) -> (B, S)
+Transition = Callable[[jax.Array, jax.Array], jax.Array]  # (key, batch) -> batch
+
+
+class ChainSettings(NamedTuple):
+  """What the test-time chain needs, and nothing else (hashable: a static jit argument)."""
+  num_blocks: int  # blocks of block_steps Langevin steps, each followed by a transition
+  block_steps: int
+  final_steps: int  # plain steps at the end
+  step_size: float  # λ
+  noise_scale: float  # σ
+  grad_clip: float = 0.0  # elementwise clip of ∇ₓE (IGEBM); 0 = off
+  clip_x: bool = True  # samples kept in [0, 1]
+  sampler: str = "ula"  # "ula" or "mala"
+  noise_range: tuple[float, float] = (0.0, 1.0)  # chains start as U(lo, hi)
+
+  @property
+  def num_steps(self) -> int:
+    return self.num_blocks * self.block_steps + self.final_steps
+
+
+def settings_from_config(config: ml_collections.ConfigDict, *, steps: int | None = None,
+                         step_size: float | None = None,
+                         block_steps: int | None = None) -> ChainSettings:
+  """config.sample's chain (λ from sample.step_size, else langevin.step_size). `steps` (total)
+  overrides the length: the last min(final_steps, steps) are plain, the rest are blocks."""
+  s, lc = config.sample, config.langevin
+  block = s.block_steps if block_steps is None else block_steps
+  num_blocks, final = s.num_blocks, s.final_steps
+  if steps is not None:
+    final = min(final, steps)
+    num_blocks = (steps - final) // max(block, 1)
+    final = steps - num_blocks * block
+  if step_size is None:
+    step_size = s.step_size if s.step_size > 0 else lc.step_size
+  return ChainSettings(num_blocks=int(num_blocks), block_steps=int(block),
+                       final_steps=int(final), step_size=float(step_size),
+                       noise_scale=float(lc.noise_scale), grad_clip=float(lc.grad_clip),
+                       clip_x=bool(lc.clip_x), sampler=str(lc.sampler),
+                       noise_range=tuple(float(v) for v in config.buffer.noise_range))
+
+
+def transition_from_config(config: ml_collections.ConfigDict, shape: tuple[int, ...],
+                           augment: bool | None = None) -> Transition | None:
+  """The batched augmentation transition of config.augment for images (None for flat data, or
+  when config.sample.augment / `augment` says no)."""
+  use = config.sample.augment if augment is None else augment
+  if not use or len(shape) != 3:
+    return None
+  return functools.partial(augment_lib.augment_batch, augment_lib.make_transition(config.augment))
+
+
+class Sampler:
+  """The test-time chain for `energy_fn(variables, x, y) -> (B, S)`, compiled once: call
+  `draw(key, num, labels, variables)` as often as needed (new parameters are an argument, not a
+  recompilation). `variables` is whatever energy_fn takes (a model's variables, a tuple of
+  them for a composition, or None when energy_fn closes over its own)."""
+
+  def __init__(self, energy_fn: EnergyFn, settings: ChainSettings, shape: tuple[int, ...],
+               transition: Transition | None = None, batch_size: int = 64):
+    self.settings, self.shape, self.batch_size = settings, tuple(shape), int(batch_size)
+
+    @jax.jit
+    def run(variables, key, x, y):
+      kernel = langevin.build_kernel(lambda v: energy_fn(variables, v, y), settings.step_size,
+                                     settings.grad_clip,
+                                     (0.0, 1.0) if settings.clip_x else None, settings.sampler)
+      return langevin.run_test_chain(
+          kernel, transition if settings.num_blocks else None, key, x,
+          num_blocks=settings.num_blocks, block_steps=settings.block_steps,
+          final_steps=settings.final_steps, noise_scale=settings.noise_scale)
+
+    self._run = run
+
+  def starts(self, key: jax.Array, num: int, labels: np.ndarray | None):
+    """Uniform-noise starts and labels in batches (the last padded to the batch size)."""
+    if num < 1:
+      raise ValueError(f"num={num} must be at least 1")
+    batch = min(self.batch_size, num)
+    lo, hi = self.settings.noise_range
+    xs, ys = [], []
+    for i in range(0, num, batch):
+      xs.append(jax.random.uniform(jax.random.fold_in(key, i), (batch,) + self.shape,
+                                   minval=lo, maxval=hi))
+      ys.append(None if labels is None else
+                jnp.asarray(np.resize(labels[i:i + batch], (batch,) + labels.shape[1:])))
+    return xs, ys
+
+  def continue_chains(self, variables, key: jax.Array, xs: list, ys: list):
+    """One run of the settings' blocks and final steps from the batches xs (replaced)."""
+    infos = []
+    for b in range(len(xs)):
+      xs[b], info = self._run(variables, jax.random.fold_in(key, b), xs[b], ys[b])
+      infos.append(info)
+    return infos
+
+  def draw(self, key: jax.Array, num: int, labels: np.ndarray | None = None,
+           variables=None) -> tuple[np.ndarray, dict]:
+    """`num` samples. Returns (samples, diagnostics): the mean over chains, per step, of the
+    energy, the ∇ₓE norm and the acceptance (1 for ULA)."""
+    start_key, chain_key = jax.random.split(key)
+    xs, ys = self.starts(start_key, num, labels)
+    infos = jax.device_get(self.continue_chains(variables, chain_key, xs, ys))
+    per_step = {name: np.concatenate([getattr(i, field) for i in infos], 1)[:, :num].mean(1)
+                for name, field in (("energy", "energy"), ("grad_norm", "grad_norm"),
+                                    ("accept_rate", "accepted"))}
+    return np.concatenate([np.asarray(x) for x in xs])[:num], per_step
+
+
+def draw(energy_fn: EnergyFn, settings: ChainSettings, key: jax.Array, num: int,
+         shape: tuple[int, ...], labels: np.ndarray | None = None, *, variables=None,
+         batch_size: int = 64, transition: Transition | None = None
+         ) -> tuple[np.ndarray, dict]:
+  """`num` samples by the test-time chain in one call (see Sampler.draw)."""
+  return Sampler(energy_fn, settings, shape, transition, batch_size).draw(key, num, labels,
+                                                                          variables)
+
+
+def along_chain(energy_fn: EnergyFn, settings: ChainSettings, key: jax.Array, num: int,
+                shape: tuple[int, ...], labels: np.ndarray | None = None, *, steps: int,
+                every: int, variables=None, batch_size: int = 64,
+                transition: Transition | None = None
+                ) -> Iterator[tuple[int, np.ndarray, float]]:
+  """One long chain of `steps` steps (a transition every settings.block_steps steps), yielding
+  (steps done, samples, mean energy) every `every` steps (paper Fig. 7/8)."""
+  if every < 1 or steps < every:
+    raise ValueError(f"every={every} must be >= 1 and steps={steps} >= every")
+  block = max(settings.block_steps, 1)
+  sampler = Sampler(energy_fn, settings._replace(num_blocks=every // block, block_steps=block,
+                                                 final_steps=every % block),
+                    shape, transition, batch_size)
+  start_key, chain_key = jax.random.split(key)
+  xs, ys = sampler.starts(start_key, num, labels)
+  for done in range(every, steps + 1, every):
+    infos = sampler.continue_chains(variables, jax.random.fold_in(chain_key, done), xs, ys)
+    energy = np.concatenate([np.asarray(i.energy[-1]) for i in infos])[:num]
+    yield done, np.concatenate([np.asarray(x) for x in xs])[:num], float(energy.mean())
+
+
+def model_energy(model) -> EnergyFn:
+  """energy_fn(variables, x, y) of a Flax energy net: model.apply(variables, x, y)."""
+  return lambda variables, x, y: model.apply(variables, x, y)

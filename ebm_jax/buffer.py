@@ -19,6 +19,7 @@ import jax.numpy as jnp
 
 STORAGES = ("uint8", "float32")
 KINDS = ("reservoir", "fifo")
+INITS = ("noise", "data")  # buffer.init: empty (chains start from noise) or filled with data
 
 
 class Buffer(NamedTuple):

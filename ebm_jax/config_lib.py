@@ -5,23 +5,22 @@ from typing import Any
 import ml_collections
 
 from ebm_jax import buffer as buffer_lib
-from ebm_jax import langevin
+from ebm_jax import data, langevin, losses, models
 from ebm_jax.errors import UserError  # re-exported: config_lib.UserError
 
 
-DATASETS = ("digits", "fashion_mnist", "shapes", "toy2d", "cifar10", "celeba_hq",
-            "lsun_bedroom", "mnist", "celeba")
+# Each field's allowed values, taken from the module that owns them.
 CHOICES = {
-    "data.name": DATASETS,
-    "model.name": ("resnet32", "resnet128", "mnist", "mlp"),
-    "model.norm": ("instance_group", "layer", "none"),
-    "model.multiscale_layout": ("code", "paper"),
-    "model.conv": ("ws", "spectral", "plain"),
-    "model.dtype": ("float32", "bfloat16"),
+    "data.name": data.DATASETS,
+    "model.name": models.NAMES,
+    "model.norm": models.NORMS,
+    "model.multiscale_layout": models.MULTISCALE_LAYOUTS,
+    "model.conv": models.CONVS,
+    "model.dtype": models.DTYPES,
     "buffer.kind": buffer_lib.KINDS,
     "langevin.sampler": langevin.SAMPLERS,
-    "loss.kl_form": ("paper", "right"),
-    "buffer.init": ("noise", "data"),
+    "loss.kl_form": losses.KL_FORMS,
+    "buffer.init": buffer_lib.INITS,
     "buffer.storage": buffer_lib.STORAGES,
     "debug.signal": ("TERM", "INT", "KILL"),
 }
@@ -87,8 +86,9 @@ def validate(config: ml_collections.ConfigDict, num_devices: int = 1) -> None:
   check(t.batch_size >= 1, "train.batch_size", "must be at least 1")
   check(t.batch_size % num_devices == 0, "train.batch_size",
         f"must be divisible by the number of devices ({num_devices})")
-  check(t.num_steps >= 0, "train.num_steps", "must be >= 0")
-  for f in ("log_every", "image_every", "checkpoint_every", "keep_every"):
+  check(isinstance(config.seed, int) and config.seed >= 0, "seed", "must be an integer >= 0")
+  check(t.num_steps >= 1, "train.num_steps", "must be at least 1")
+  for f in ("log_every", "image_every", "checkpoint_every", "keep_every", "eval_every"):
     check(t[f] >= 0, f"train.{f}", "must be >= 0 (0 = never)")
   check(t.keep_checkpoints >= 1, "train.keep_checkpoints", "must be at least 1")
   check(lv.num_steps >= 1, "langevin.num_steps", "must be at least 1")
@@ -129,6 +129,8 @@ def validate(config: ml_collections.ConfigDict, num_devices: int = 1) -> None:
   check(0 <= config.optim.ema_decay < 1, "optim.ema_decay", "must lie in [0, 1)")
   check(config.optim.learning_rate > 0, "optim.learning_rate", "must be > 0")
   check(config.sample.num >= 1, "sample.num", "must be at least 1")
+  check(config.eval.num >= 2, "eval.num", "must be at least 2")
+  check(config.eval.classifier_steps >= 1, "eval.classifier_steps", "must be at least 1")
   check(config.sample.batch_size >= 1, "sample.batch_size", "must be at least 1")
   if config.data.name == "toy2d":
     check(config.model.name == "mlp", "model.name", "toy2d data needs the 'mlp' energy")

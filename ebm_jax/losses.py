@@ -23,6 +23,7 @@ from ebm_jax import langevin
 
 # energy(params, x, y) -> (B, S)
 ParamEnergyFn = Callable[..., jax.Array]
+KL_FORMS = ("paper", "right")  # loss.kl_form: the paper's sign of L_KL, or the critique's
 sg = jax.lax.stop_gradient
 
 

@@ -106,7 +106,31 @@ def load_for_sampling(workdir: str, step: int | None = None):
     raise config_lib.UserError(f"no checkpoint in --workdir={workdir}; train first")
   if step is not None and step not in steps:
     raise config_lib.UserError(f"--step={step} is not among the checkpoints {sorted(steps)}")
-  step = max(steps) if step is None else step
+  failures = []
+  for candidate in ([step] if step is not None else sorted(steps, reverse=True)):
+    try:
+      config, info, model, ema = _restore_ema(ckpt, candidate)
+    except config_lib.UserError:
+      raise
+    except Exception as e:  # pylint: disable=broad-except  (a damaged checkpoint: the previous)
+      failures.append((candidate, e))
+      continue
+    for bad, error in failures:
+      logging.warning("The checkpoint at step %d in %s could not be read (%s: %s); using step "
+                      "%d instead (read-only: nothing was moved).", bad, workdir,
+                      type(error).__name__, str(error).strip().splitlines()[0][:200] if str(error)
+                      else "", candidate)
+    ckpt.close()
+    return config, info, model, ema, candidate
+  ckpt.close()
+  bad, error = failures[0]
+  raise config_lib.UserError(
+      f"no readable checkpoint in --workdir={workdir}: step(s) {[s for s, _ in failures]} "
+      f"cannot be read (step {bad}: {type(error).__name__}); rerun training to write one")
+
+
+def _restore_ema(ckpt, step: int):
+  """(config, info, model, EMA variables) of one checkpoint step."""
   saved = ckpt.restore_config(step)
   config = config_lib.with_defaults(saved["config"])
   info = SimpleNamespace(**saved["data_info"])
@@ -117,9 +141,7 @@ def load_for_sampling(workdir: str, step: int | None = None):
   variables = jax.eval_shape(lambda: model.init(jax.random.key(0), x, y))
   abstract = {"params": variables["params"],
               "model_state": {k: v for k, v in variables.items() if k != "params"}}
-  ema = ckpt.restore_ema(abstract, step)
-  ckpt.close()
-  return config, info, model, ema, step
+  return config, info, model, ckpt.restore_ema(abstract, step)
 
 
 FLAGS = flags.FLAGS

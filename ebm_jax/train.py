@@ -203,8 +203,8 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str, devices=
   """
   if "://" not in workdir:
     workdir = os.path.abspath(workdir)
+  setup = Setup(config, devices)  # the whole config is checked before the workdir is touched
   _check_workdir(workdir)
-  setup = Setup(config, devices)
   tc = config.train
   ckpt = checkpoint_lib.Checkpointer(workdir, config, setup.info)
   state = ckpt.restore_state(setup.abstract_state, setup.state_sharding)
@@ -212,6 +212,11 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str, devices=
     state = setup.fresh_state()
     logging.info("Starting from scratch in %s", workdir)
   start = int(state.step)
+  if start >= tc.num_steps:
+    logging.warning("The run in %s is already at step %d of train.num_steps=%d; nothing to do "
+                    "(raise --config.train.num_steps to train on).", workdir, start, tc.num_steps)
+    ckpt.close()
+    return state
   if start:
     logging.info("Resumed from step %d in %s", start, workdir)
   is_main = jax.process_index() == 0

@@ -31,6 +31,8 @@ def _run_cases(module_name: str, cases: list[list[str]]) -> list[dict]:
   results = []
   for argv in cases:
     flags.FLAGS.unparse_flags()
+    for name in [n for n in flags.FLAGS if n.startswith("config.")]:
+      delattr(flags.FLAGS, name)  # --config.* overrides are defined anew from each argv
     sys.argv = [module_name, *argv]  # ml_collections reads --config.* overrides from sys.argv
     out, err = io.StringIO(), io.StringIO()
     handler = absl_logging.get_absl_handler()

@@ -33,9 +33,10 @@ def full():
 
 def test_terms_add_up_to_the_training_gradient(full):
   config, setup, state, batch, grads = full
-  neg = step.make_negative_phase(config, setup.model, setup.info)(state, batch)
+  neg = jax.jit(step.make_negative_phase(config, setup.model, setup.info))(state, batch)
   assert bool(neg.ent_active)  # all four terms are live
-  expected = jax.grad(lambda p: step.make_loss_fn(config, setup.model, neg)(p)[0])(state.params)
+  expected = jax.jit(lambda p, n: jax.grad(
+      lambda q: step.make_loss_fn(config, setup.model, n)(q)[0])(p))(state.params, neg)
   for got, want in zip(jax.tree.leaves(grads["total"]), jax.tree.leaves(expected)):
     # separate backward passes sum in another order: float32 rounding, not more
     np.testing.assert_allclose(got, want, rtol=1e-4, atol=1e-6)
@@ -69,11 +70,9 @@ def test_kl_gradient_is_zero_when_the_kl_term_is_off():
   assert out[f"{analysis.PREFIX}norm_cd"] > 0.0
 
 
-def test_training_logs_the_decomposition(tmp_path):
-  config = digits.get_config("tiny")
-  config.train.log_grad_terms_every = 2
-  train.train_and_evaluate(config, str(tmp_path))
-  rows = read_jsonl(os.path.join(tmp_path, METRICS_FILE))
+def test_training_logs_the_decomposition(digits_workdir):
+  """The shared run (tests/conftest.py) logs every 5 steps and decomposes every 10."""
+  rows = read_jsonl(os.path.join(digits_workdir, METRICS_FILE))
   logged = [r["step"] for r in rows if f"{analysis.PREFIX}norm_kl" in r]
-  assert logged == [2, 3]  # every 2 steps and the last
-  assert [r["step"] for r in rows] == [1, 2, 3]  # merged into the step's row
+  assert logged == [10, 20, 30, 40]  # every 10 steps (40 is also the last)
+  assert [r["step"] for r in rows] == list(range(5, 41, 5))  # merged into the step's row

@@ -79,6 +79,7 @@ def test_two_processes_train_what_one_process_with_four_devices_trains(tmp_path)
   assert np.abs(la - lb).max() <= 1 and np.mean(la != lb) < 0.01
 
 
+@pytest.mark.slow  # the CIFAR net compiled in bfloat16
 def test_bfloat16_compute_keeps_float32_params_and_energies():
   cfg = default.get_config().model
   cfg.features = 16
@@ -98,6 +99,7 @@ def test_bfloat16_compute_keeps_float32_params_and_energies():
   assert g16.dtype == jnp.float32  # the Langevin update stays in float32
 
 
+@pytest.mark.slow  # a bfloat16 step compile
 def test_bfloat16_train_step_runs_with_float32_state():
   config = digits.get_config("tiny")
   config.model.dtype = "bfloat16"

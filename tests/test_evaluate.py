@@ -10,7 +10,7 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from ebm_jax.configs import digits, shapes
+from ebm_jax.configs import digits
 from ebm_jax import compose, config_lib, models
 from ebm_jax.eval import features, ood, quality, stats
 
@@ -74,8 +74,8 @@ def test_class_coverage_of_uniform_and_collapsed_predictions():
 
 
 def _conditional_model():
-  config = shapes.get_config("shape,tiny")
-  shape = (config.data.image_size,) * 2 + (config.data.channels,)
+  config = digits.get_config("tiny")  # a small conditional net: the algebra is what is tested
+  shape = (8, 8, 1)
   model = models.make_model(config.model, shape, 3)
   x = jax.random.uniform(jax.random.key(0), (4,) + shape)
   y0 = jnp.zeros((1, 3))
@@ -145,8 +145,9 @@ def test_evaluate_cli_on_a_trained_workdir(digits_workdir, tmp_path):
   cases = {
       "no_classifier": ["quality", w],
       "classifier": ["classifier", "--data=digits", "--classifier_steps=200"],
-      "quality": ["quality", w, "--num=100", "--steps=5", f"--out={out}_q.json"],
-      "along": ["quality", w, "--num=40", "--steps=6", "--eval_every=3", f"--out={out}_a.json"],
+      "quality": ["quality", w, "--num=150", "--steps=5", f"--out={out}_q.json"],
+      "along": ["quality", w, "--num=150", "--steps=6", "--eval_every=3", f"--out={out}_a.json"],
+      "too_few": ["quality", w, "--num=100"],
       "ood": ["ood", w, "--num=100", "--ood=uniform,constant,flip_v", f"--out={out}_o.json"],
       "export": ["export", w, "--num=6", "--steps=3", f"--out={out}_export"],
       "nonsense": ["nonsense"],
@@ -161,7 +162,7 @@ def test_evaluate_cli_on_a_trained_workdir(digits_workdir, tmp_path):
   for name in ("classifier", "quality", "along", "ood", "export"):
     assert results[name]["code"] == 0, (name, results[name]["stderr"][-2000:])
   q = json.loads(open(f"{out}_q.json").read())
-  assert q["num_samples"] == 100 and q["frechet_distance"] > 0
+  assert q["num_samples"] == 150 and q["frechet_distance"] > 0
   assert 0 <= q["coverage"]["entropy"] <= np.log(10) + 1e-9
   assert q["classifier_test_accuracy"] > 0.5
   # a barely trained tiny model's samples are further from the data than held-out data is
@@ -179,7 +180,8 @@ def test_evaluate_cli_on_a_trained_workdir(digits_workdir, tmp_path):
   for name, message in [("no_classifier", "evaluate classifier --data=digits"),
                         ("nonsense", "give one command"), ("unknown_set", "unknown set 'svhn'"),
                         ("no_workdir", "--workdir is required"), ("bad_data", "--data='cifar10'"),
-                        ("no_checkpoint", "no checkpoint"), ("accuracy_not_jem", "JEM")]:
+                        ("no_checkpoint", "no checkpoint"), ("accuracy_not_jem", "JEM"),
+                        ("too_few", "needs more than 128 samples")]:
     r = results[name]
     assert r["code"] == 2 and message in r["stderr"], (name, r["stderr"][-2000:])
     assert "Traceback" not in r["stderr"], (name, r["stderr"][-2000:])

@@ -172,16 +172,19 @@ def test_true_cd_buffer_holds_training_images_at_initialisation():
   assert int(train.Setup(_config("digits", "tiny")).fresh_state().buffer.size) == 0
 
 
+# Each regime compiles a step of its own: three in the default run, the rest with
+# `pytest -m slow` (IGEBM and JEM steps are also recomputed by tests/test_step_oracle.py).
+_SLOW = pytest.mark.slow
 REGIMES = [
-    ("igebm_fashion_mnist", "tiny", {}),
-    ("igebm_cifar10", "tiny", {"data.name": "shapes"}),
+    pytest.param("igebm_fashion_mnist", "tiny", {}, marks=_SLOW),
+    pytest.param("igebm_cifar10", "tiny", {"data.name": "shapes"}, marks=_SLOW),
     ("true_cd", "digits,tiny", {}),
-    ("true_cd", "digits,shortrun,right_kl,tiny", {}),
-    ("true_cd", "paper_kl,elastic,tiny", {}),
+    pytest.param("true_cd", "digits,shortrun,right_kl,tiny", {}, marks=_SLOW),
+    pytest.param("true_cd", "paper_kl,elastic,tiny", {}, marks=_SLOW),
     ("fashion_mnist", "elastic,tiny", {}),
     ("digits", "tiny", {"langevin.sampler": "mala", "langevin.step_size": 1e-4,
                         "langevin.noise_scale": 0.01}),
-    ("jem_fashion_mnist", "tiny", {}),
+    pytest.param("jem_fashion_mnist", "tiny", {}, marks=_SLOW),
 ]
 
 

@@ -113,6 +113,7 @@ def test_injected_nan_rolls_back_once_and_the_run_finishes(tmp_path, uninterrupt
   assert not np.array_equal(np.asarray(state.buffer.data), np.asarray(uninterrupted.buffer.data))
 
 
+@pytest.mark.slow  # its own compile (fault value baked in); the step oracle checks lr_scale
 def test_rollback_scales_the_learning_rate(tmp_path):
   state = train.train_and_evaluate(
       _config(debug__inject_nan_at_step=3, guard__lr_factor=0.5), str(tmp_path))
@@ -130,6 +131,7 @@ def test_repeated_divergence_gives_up_with_the_documented_message(tmp_path):
   assert len(events) == 2  # two rollbacks, the third divergence stops the run
 
 
+@pytest.mark.slow  # its own compile
 def test_guard_off_stops_at_the_first_divergence(tmp_path):
   with pytest.raises(errors.DivergenceError, match="guard.enabled=False"):
     train.train_and_evaluate(_config(debug__inject_nan_at_step=3, guard__enabled=False),
@@ -139,6 +141,7 @@ def test_guard_off_stops_at_the_first_divergence(tmp_path):
 # ----------------------------------------------------------------------- preemption
 
 
+@pytest.mark.slow  # two training processes per signal
 @pytest.mark.parametrize("signal_name", ["TERM", "INT"])
 def test_signal_checkpoints_exits_zero_and_resume_is_exact(signal_name, tmp_path,
                                                            uninterrupted):
@@ -180,6 +183,7 @@ def _truncate_state_item(workdir, step):
       handle.truncate(os.path.getsize(f) // 2)
 
 
+@pytest.mark.slow  # two training runs
 def test_truncated_latest_checkpoint_falls_back_to_the_previous_one(tmp_path, uninterrupted,
                                                                     caplog):
   train.train_and_evaluate(_config(train__num_steps=4), str(tmp_path))

@@ -46,7 +46,9 @@ def _check_run(workdir, num_steps):
   assert os.path.exists(os.path.join(workdir, "samples", f"step_{num_steps}.png"))
 
 
-OFFLINE = [("digits", ""), ("fashion_mnist", ""), ("shapes", "color"), ("toy2d", "rings")]
+OFFLINE = [("digits", ""), ("fashion_mnist", ""),
+           pytest.param("shapes", "color", marks=pytest.mark.slow),  # a CIFAR-style net
+           ("toy2d", "rings")]
 
 
 @pytest.mark.parametrize("name,extra", OFFLINE)
@@ -61,10 +63,11 @@ def test_offline_configs_train_and_checkpoint(name, extra, tmp_path, fashion_mni
   assert int(state.buffer.size) == min(8 * cfg.train.num_steps, cfg.buffer.capacity)
 
 
-# cifar10 in the default run; the others compile larger nets (128² for CelebA-HQ / LSUN) and
-# run with `pytest -m slow`.
+# Each compiles a full training step of its net (multiscale with attention; 128² for CelebA-HQ /
+# LSUN): `pytest -m slow`. The default run covers the tfds input paths under mock data
+# (tests/test_data.py) and the offline configs end to end.
 _SLOW = pytest.mark.slow
-TFDS = [("cifar10", ""), pytest.param("mnist", "", marks=_SLOW),
+TFDS = [pytest.param("cifar10", "", marks=_SLOW), pytest.param("mnist", "", marks=_SLOW),
         pytest.param("celebahq", "", marks=_SLOW), pytest.param("lsun_bedroom", "", marks=_SLOW),
         pytest.param("celeba_attributes", "Smiling", marks=_SLOW)]
 
@@ -78,7 +81,7 @@ def test_tfds_configs_train_under_mock_data(name, extra, tmp_path):
   _check_run(str(tmp_path), 2)
 
 
-@pytest.mark.parametrize("attribute", ["", "class"])
+@pytest.mark.parametrize("attribute", ["", pytest.param("class", marks=pytest.mark.slow)])
 def test_step_compiles_once(attribute):
   # spectral: model state in the carry; "class": labels through FiLM
   cfg = tiny_config("digits", model__conv="spectral", data__attribute=attribute)
@@ -235,10 +238,12 @@ def test_config_of_an_older_checkpoint_gets_fields_added_since():
 
 def test_configs_load_from_outside_the_repository(tmp_path):
   """--config=<repo>/configs/digits.py:tiny from another working directory."""
+  loader = ("import importlib.util, sys; "
+            "spec = importlib.util.spec_from_file_location('cfg', sys.argv[1]); "
+            "m = importlib.util.module_from_spec(spec); spec.loader.exec_module(m); "
+            "print(m.get_config('digits,tiny').model.features)")
   proc = subprocess.run(
-      [sys.executable, "-c", "from ml_collections import config_flags as c; import sys; "
-       "print(c.load_config_file(sys.argv[1]).model.features)",
-       os.path.join(ROOT, "configs", "true_cd.py") + ":digits,tiny"],
+      [sys.executable, "-c", loader, os.path.join(ROOT, "configs", "true_cd.py")],
       capture_output=True, text=True, timeout=300, cwd=str(tmp_path),
       env=dict(os.environ, PYTHONPATH=""))
   assert proc.returncode == 0, proc.stderr[-2000:]
@@ -250,7 +255,7 @@ def test_quality_hook_logs_sample_quality_at_its_steps(tmp_path, monkeypatch):
   last), written to metrics.jsonl; the feature classifier is trained first when not cached."""
   monkeypatch.setenv("EBM_JAX_CACHE", str(tmp_path / "cache"))
   cfg = tiny_config("digits", train__num_steps=4, train__eval_every=3, eval__num=130,
-                    eval__classifier_steps=150)
+                    eval__classifier_steps=30)
   train.train_and_evaluate(cfg, str(tmp_path / "run"))
   rows = [r for r in read_jsonl(str(tmp_path / "run" / METRICS_FILE)) if "quality/frechet" in r]
   assert [r["step"] for r in rows] == [3, 4]
@@ -259,3 +264,33 @@ def test_quality_hook_logs_sample_quality_at_its_steps(tmp_path, monkeypatch):
     assert 1 <= r["quality/classes"] <= 10
     assert 0 < r["quality/mean_pixel"] < 1 and 0 <= r["quality/saturated_frac"] <= 1
   assert os.listdir(tmp_path / "cache")  # the classifier it trained is cached
+
+
+def test_sampling_falls_back_to_the_previous_readable_checkpoint(digits_workdir, tmp_path,
+                                                                  caplog):
+  """A damaged latest checkpoint (its EMA arrays cut in half): sampling uses the one before,
+  says so in one warning, and moves nothing; with every checkpoint damaged it stops with a
+  UserError."""
+  import glob  # pylint: disable=import-outside-toplevel
+  import logging  # pylint: disable=import-outside-toplevel
+  import shutil  # pylint: disable=import-outside-toplevel
+  work = tmp_path / "run"
+  shutil.copytree(digits_workdir, work)
+
+  def damage(step):
+    files = [f for f in glob.glob(str(work / "checkpoints" / str(step) / "ema" / "**"),
+                                  recursive=True) if os.path.isfile(f) and os.path.getsize(f) > 64]
+    assert files
+    for f in files:
+      with open(f, "r+b") as handle:
+        handle.truncate(os.path.getsize(f) // 2)
+
+  damage(40)
+  with caplog.at_level(logging.WARNING):
+    _, _, _, _, step = sample.load_for_sampling(str(work))
+  assert step == 20
+  assert "step 40" in caplog.text and "using step 20" in caplog.text
+  assert sorted(os.listdir(work / "checkpoints")) == ["20", "40"]  # read-only: nothing moved
+  damage(20)
+  with pytest.raises(config_lib.UserError, match="no readable checkpoint"):
+    sample.load_for_sampling(str(work))

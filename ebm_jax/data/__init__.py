@@ -42,7 +42,8 @@ Batch = dict[str, np.ndarray]
 
 # The public names of ebm_jax.data; each source lives in a module of its own.
 __all__ = ["DATASETS", "OFFLINE_DATASETS", "TFDS_NAMES", "FASHION_MNIST_CLASSES",
-           "FASHION_MNIST_DIR", "SHAPE_ATTRIBUTES", "SHAPES", "TOY_DENSITIES", "Batch",
+           "FASHION_MNIST_DIR", "SHAPE_ATTRIBUTES", "SHAPES", "SHAPE_COLORS", "SIZES", "POSITIONS",
+           "TOY_DENSITIES", "Batch",
            "DataError", "DatasetInfo", "convert_channels", "get_info", "load_arrays",
            "make_stream", "render_shape", "resize_images", "sample_toy2d", "toy2d_log_density"]
 
@@ -51,7 +52,8 @@ from ebm_jax.data.base import (DATASETS, OFFLINE_DATASETS, TFDS_NAMES, DatasetIn
 from ebm_jax.data.images import _array_batch, _array_stream, convert_channels, resize_images
 from ebm_jax.data.offline import (FASHION_MNIST_CLASSES, FASHION_MNIST_DIR, _offline_arrays,
                                   _offline_meta, _offline_size)
-from ebm_jax.data.shapes import SHAPE_ATTRIBUTES, SHAPES, render_shape
+from ebm_jax.data.shapes import (POSITIONS, SHAPE_ATTRIBUTES, SHAPE_COLORS, SHAPES, SIZES,
+                                 render_shape)
 from ebm_jax.data.tfds import _tfds_iterate, _tfds_open, _tfds_pipeline
 from ebm_jax.data.toy2d import TOY_DENSITIES, _toy_stream, sample_toy2d, toy2d_log_density
 

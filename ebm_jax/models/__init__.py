@@ -11,7 +11,11 @@ __all__ = ["SPECTRAL", "JEMEnergy", "make_model", "check_input_shape", "num_head
 
 _DTYPES = {"float32": jnp.float32, "bfloat16": jnp.bfloat16}
 
-
+# The allowed values of the model config, owned here (config_lib validates against them).
+NAMES = tuple(ARCHITECTURES) + ("mlp",)
+NORMS = ("instance_group", "layer", "none")
+CONVS = ("ws", "spectral", "plain")
+DTYPES = tuple(_DTYPES)
 MULTISCALE_LAYOUTS = ("code", "paper")
 
 
@@ -70,8 +74,8 @@ def make_model(cfg: ml_collections.ConfigDict, shape: tuple[int, ...], num_class
     if cfg.jem:
       raise ValueError("model.jem=True needs a convolutional net (resnet32, resnet128, mnist)")
     return MLPEnergy(tuple(cfg.mlp_hidden), dtype=dtype)
-  if cfg.conv not in ("ws", "spectral", "plain"):
-    raise ValueError(f"model.conv={cfg.conv!r} is not one of ['plain', 'spectral', 'ws']")
+  if cfg.conv not in CONVS:
+    raise ValueError(f"model.conv={cfg.conv!r} is not one of {list(CONVS)}")
   if cfg.jem:
     if num_classes < 2:
       raise ValueError("model.jem=True needs labelled data: set data.attribute='class' (or a "

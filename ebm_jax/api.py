@@ -66,4 +66,4 @@ def load(workdir: str, step: int | None = None) -> Run:
   """The run in `workdir` at its latest checkpoint (or `step`), with the EMA parameters."""
   config, info, model, ema, step = sample_lib.load_for_sampling(workdir, step)
   return Run(config=config, info=info, model=model,
-             variables={"params": ema["params"], **ema["model_state"]}, step=int(step))
+             variables=sample_lib.ema_variables(ema), step=int(step))

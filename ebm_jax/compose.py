@@ -95,7 +95,7 @@ def load_component(spec: str, step: int | None = None) -> Component:
   workdir, _, label = spec.partition(":")
   config, info, model, ema, _ = sample_lib.load_for_sampling(workdir, step)
   return Component(workdir, config, info, model,
-                   {"params": ema["params"], **ema["model_state"]},
+                   sample_lib.ema_variables(ema),
                    parse_label(label, info, workdir))
 
 

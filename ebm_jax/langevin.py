@@ -41,6 +41,11 @@ class LangevinInfo(NamedTuple):
 SAMPLERS = ("ula", "mala")
 
 
+def box(clip_x: bool) -> "XRange":
+  """The x_range of langevin.clip_x: samples kept in [0, 1] (images), or unbounded (2-D)."""
+  return (0.0, 1.0) if clip_x else None
+
+
 def init(x: jax.Array) -> LangevinState:
   return LangevinState(x=x, x_noised=x)
 

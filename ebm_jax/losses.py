@@ -96,7 +96,7 @@ def icd_loss(params, energy: ParamEnergyFn, *, x_pos, y_pos, x_neg, y_neg, kl: K
   Returns (loss, aux) with aux holding each weighted term and the raw energies.
   """
   lc = cfg.loss
-  x_range = (0.0, 1.0) if cfg.langevin.clip_x else None
+  x_range = langevin.box(cfg.langevin.clip_x)
   e_pos = energy(params, x_pos, y_pos)
   # sg(x⁻): L_CD's negative term has no gradient path through the chain (paper Eq. 4).
   e_neg = energy(params, sg(x_neg), y_neg)

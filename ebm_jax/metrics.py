@@ -1,5 +1,6 @@
-"""Metric output: TensorBoard (clu writers), a JSON-lines file for notebooks and scripts, and
-clu's ReportProgress (steps/s, ETA). Only the writing process (process 0) writes anything."""
+"""Metric output: TensorBoard (clu writers) and a JSON-lines file for notebooks and scripts.
+Only the writing process (process 0) writes anything; progress (steps/s, ETA) is the training
+loop's one console line."""
 
 import json
 import math
@@ -28,18 +29,16 @@ class MetricWriter:
                num_steps: int | None = None):
     self.enabled = enabled
     self._clu = None
-    self._progress = None
     self._jsonl = None
     if not enabled:
       return
     # clu's writers need TensorFlow and tensorboard, which clu does not declare as dependencies;
     # imported here, not at the top.
-    from clu import metric_writers, periodic_actions
-    # TensorBoard only: the console gets one compact progress line from the training loop.
+    from clu import metric_writers
+    # TensorBoard only: the console gets one progress line, the training loop's own (steps/s
+    # and ETA at every log step; perf/steps_per_sec goes to TensorBoard with the scalars).
     self._clu = metric_writers.AsyncWriter(metric_writers.SummaryWriter(workdir))
-    if num_steps:
-      self._progress = periodic_actions.ReportProgress(num_train_steps=num_steps,
-                                                       writer=self._clu, every_secs=60)
+    del num_steps
     self._path = os.path.join(workdir, METRICS_FILE)
     self._truncate(start_step)
     self._jsonl = open(self._path, "a")
@@ -60,10 +59,6 @@ class MetricWriter:
     self._jsonl = open(self._path, "a")
     self._jsonl.write(json.dumps({"step": event.get("trip_step", step), **event}) + "\n")
     self._jsonl.flush()
-
-  def report_progress(self, step: int) -> None:
-    if self._progress is not None:
-      self._progress(step)
 
   def write_scalars(self, step: int, scalars: dict[str, float]) -> None:
     if not self.enabled:

@@ -93,6 +93,11 @@ def sample_to_files(config, model, info, params, model_state, outdir: str, name:
   return png
 
 
+def ema_variables(ema: dict) -> dict:
+  """The Flax variables of a checkpoint's `ema` item: {"params": EMA params, **model_state}."""
+  return {"params": ema["params"], **ema["model_state"]}
+
+
 def load_for_sampling(workdir: str, step: int | None = None):
   """(config, data_info, model, ema variables, step) from a read-only checkpoint manager."""
   from ebm_jax import checkpoint as checkpoint_lib  # the training-free path needs only this

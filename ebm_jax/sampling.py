@@ -91,7 +91,7 @@ class Sampler:
     def run(variables, key, x, y):
       kernel = langevin.build_kernel(lambda v: energy_fn(variables, v, y), settings.step_size,
                                      settings.grad_clip,
-                                     (0.0, 1.0) if settings.clip_x else None, settings.sampler)
+                                     langevin.box(settings.clip_x), settings.sampler)
       return langevin.run_test_chain(
           kernel, transition if settings.num_blocks else None, key, x,
           num_blocks=settings.num_blocks, block_steps=settings.block_steps,

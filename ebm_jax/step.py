@@ -77,7 +77,7 @@ def make_negative_phase(config: ml_collections.ConfigDict, model, info: data_lib
   lc, bc = config.langevin, config.buffer
   energy = energy_fn(model)
   transition = augment_lib.make_transition(config.augment) if bc.augment else None
-  x_range = (0.0, 1.0) if lc.clip_x else None
+  x_range = langevin.box(lc.clip_x)
   batch_size = config.train.batch_size
   n_kl = config.loss.kl_samples or batch_size
   jem = bool(config.model.jem)

@@ -248,7 +248,6 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str, devices=
           grad_terms = {k: float(v) for k, v in
                         jax.device_get(setup.decompose_fn(state, batch)).items()}
         state, metrics, negatives = setup.step_fn(state, batch)
-        writer.report_progress(step)
         _debug_signal(config, step, state, ckpt)
         if t_start is not None:
           jax.block_until_ready(metrics)

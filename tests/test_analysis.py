@@ -63,6 +63,7 @@ def test_summary_norms_and_cosine_are_consistent(full):
                              a @ b / np.linalg.norm(a) / np.linalg.norm(b), rtol=1e-4)
 
 
+@pytest.mark.slow  # its own step and decomposition compiles
 def test_kl_gradient_is_zero_when_the_kl_term_is_off():
   config, setup, state, batch = _state_and_batch(opt=False, ent=False)
   out = jax.device_get(setup.decompose_fn(state, batch))

@@ -144,7 +144,7 @@ def test_evaluate_cli_on_a_trained_workdir(digits_workdir, tmp_path):
   w = f"--workdir={digits_workdir}"
   cases = {
       "no_classifier": ["quality", w],
-      "classifier": ["classifier", "--data=digits", "--classifier_steps=200"],
+      "classifier": ["classifier", "--data=digits", "--classifier_steps=120"],
       "quality": ["quality", w, "--num=150", "--steps=5", f"--out={out}_q.json"],
       "along": ["quality", w, "--num=150", "--steps=6", "--eval_every=3", f"--out={out}_a.json"],
       "too_few": ["quality", w, "--num=100"],

@@ -172,7 +172,7 @@ def test_true_cd_buffer_holds_training_images_at_initialisation():
   assert int(train.Setup(_config("digits", "tiny")).fresh_state().buffer.size) == 0
 
 
-# Each regime compiles a step of its own: three in the default run, the rest with
+# Each regime compiles a step of its own: one in the default run, the rest with
 # `pytest -m slow` (IGEBM and JEM steps are also recomputed by tests/test_step_oracle.py).
 _SLOW = pytest.mark.slow
 REGIMES = [
@@ -181,9 +181,9 @@ REGIMES = [
     ("true_cd", "digits,tiny", {}),
     pytest.param("true_cd", "digits,shortrun,right_kl,tiny", {}, marks=_SLOW),
     pytest.param("true_cd", "paper_kl,elastic,tiny", {}, marks=_SLOW),
-    ("fashion_mnist", "elastic,tiny", {}),
-    ("digits", "tiny", {"langevin.sampler": "mala", "langevin.step_size": 1e-4,
-                        "langevin.noise_scale": 0.01}),
+    pytest.param("fashion_mnist", "elastic,tiny", {}, marks=_SLOW),
+    pytest.param("digits", "tiny", {"langevin.sampler": "mala", "langevin.step_size": 1e-4,
+                                    "langevin.noise_scale": 0.01}, marks=_SLOW),
     pytest.param("jem_fashion_mnist", "tiny", {}, marks=_SLOW),
 ]
 

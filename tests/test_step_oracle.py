@@ -234,7 +234,9 @@ def _close(a, b, what, rtol=2e-4, atol=1e-6):
     np.testing.assert_allclose(np.asarray(x), np.asarray(y), rtol=rtol, atol=atol, err_msg=what)
 
 
-@pytest.mark.parametrize("kind", ["icd", "igebm", "jem"])
+# ICD in the default run; the IGEBM and JEM steps (their own compiles) with `pytest -m slow`.
+@pytest.mark.parametrize("kind", ["icd", pytest.param("igebm", marks=pytest.mark.slow),
+                                  pytest.param("jem", marks=pytest.mark.slow)])
 def test_one_step_equals_the_oracle(kind, fashion_mnist_dir):
   config = _config(kind, fashion_mnist_dir)
   setup = train.Setup(config)

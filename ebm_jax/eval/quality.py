@@ -50,7 +50,7 @@ def generate_samples(config, model, ema, info, num: int, *, steps: int | None, s
                      label: int = -1) -> np.ndarray:
   labels = sample_lib.default_labels(num, info.num_classes, label)
   x, _ = model_sampler(config, model, info, steps=steps).draw(
-      jax.random.key(seed), num, labels, {"params": ema["params"], **ema["model_state"]})
+      jax.random.key(seed), num, labels, sample_lib.ema_variables(ema))
   return x
 
 
@@ -104,7 +104,7 @@ def chain_quality(config, model, ema, info, net: features_lib.FeatureNet, *, num
   chain = sampling.along_chain(
       sampling.model_energy(model), sampling.settings_from_config(config), jax.random.key(seed),
       num, shape, sample_lib.default_labels(num, info.num_classes), steps=steps,
-      every=eval_every, variables={"params": ema["params"], **ema["model_state"]},
+      every=eval_every, variables=sample_lib.ema_variables(ema),
       batch_size=config.sample.batch_size,
       transition=sampling.transition_from_config(config, shape, augment))
   for done, x, mean_energy in chain:

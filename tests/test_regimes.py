@@ -261,7 +261,7 @@ def test_ablation_runner_writes_its_table_and_skips_finished_rows(tmp_path):
   workdir, cache = tmp_path / "abl", tmp_path / "cache"
   args = [sys.executable, "-m", "ebm_jax.experiments.ablation",
           "--config=configs/digits.py:tiny", f"--workdir={workdir}", "--rows=base,+L_opt",
-          "--steps=2", "--num=20", f"--cache_dir={cache}", "--gap_bound=1e6"]
+          "--steps=2", "--num=130", f"--cache_dir={cache}", "--gap_bound=1e6"]
   args.append("--classifier_steps=100")
   proc = subprocess.run(args, capture_output=True, text=True, timeout=900, cwd=ROOT)
   assert proc.returncode == 0, proc.stderr[-3000:]

@@ -42,6 +42,7 @@ def get_config(variant: str = ""):
   c.train.log_grad_terms_every = 100  # for notebooks/gradient_magnitudes.ipynb (paper Fig. 12)
   c.train.image_every = 500
   c.train.eval_every = 500  # quality/* (Fréchet distance, coverage, saturation) of EMA samples
+  c.eval.classifier_steps = 500  # the digits classifier passes 0.85 test accuracy by 300 steps
   c.train.checkpoint_every = 500
   c.train.keep_every = 0
   c.sample.num = 64

@@ -198,3 +198,28 @@ def test_compose_cli_writes_samples_and_rejects_bad_labels(digits_workdir, tmp_p
     assert f["samples"].shape == (8, 8, 8, 1)
   assert unconditional["code"] == 2 and "unconditional" in unconditional["stderr"]
   assert one_model["code"] == 2 and "two for --op=not" in one_model["stderr"]
+
+
+@pytest.mark.slow  # trains a tiny JEM run of its own
+def test_jem_accuracy_and_conditional_sampling_commands(fashion_mnist_dir, tmp_path):
+  """README's `evaluate accuracy` on a JEM run, and `sample --label` on a conditional model."""
+  from ebm_jax import train  # pylint: disable=import-outside-toplevel
+  from ebm_jax.configs import jem_fashion_mnist  # pylint: disable=import-outside-toplevel
+  config = jem_fashion_mnist.get_config("tiny")
+  config.data.path, config.data.image_size, config.train.num_steps = fashion_mnist_dir, 12, 2
+  run = str(tmp_path / "jem")
+  train.train_and_evaluate(config, run)
+  (acc,) = clirun.run_cli("ebm_jax.evaluate", [["accuracy", f"--workdir={run}", "--num=50",
+                                                f"--out={tmp_path}/acc.json"]])
+  assert acc["code"] == 0, acc["stderr"][-2000:]
+  result = json.loads((tmp_path / "acc.json").read_text())
+  assert result["num"] == 50 and 0.0 <= result["test_accuracy"] <= 1.0
+  # a conditional (class-labelled) digits model: every sample carries the requested label
+  cond = digits.get_config("tiny")
+  cond.data.attribute, cond.train.num_steps = "class", 2
+  train.train_and_evaluate(cond, str(tmp_path / "cond"))
+  (ok,) = clirun.run_cli("ebm_jax.sample", [[f"--workdir={tmp_path / 'cond'}", "--label=3",
+                                             "--num=4", "--steps=3", f"--out={tmp_path}/s"]])
+  assert ok["code"] == 0, ok["stderr"][-2000:]
+  with np.load(next((tmp_path / "s").glob("*.npz"))) as f:
+    assert list(f["labels"]) == [3, 3, 3, 3] and f["samples"].shape == (4, 8, 8, 1)

@@ -45,13 +45,19 @@ class Run:
     if n < 1:
       raise UserError(f"n={n} must be at least 1")
     key = jax.random.key(0) if key is None else key
-    shape = tuple(self.info.shape)
-    x, _ = sampling.draw(sampling.model_energy(self.model),
-                         sampling.settings_from_config(self.config, steps=steps), key, n, shape,
-                         self._labels(n, label), variables=self.variables,
-                         batch_size=self.config.sample.batch_size,
-                         transition=sampling.transition_from_config(self.config, shape))
+    x, _ = self._sampler(steps).draw(key, n, self._labels(n, label), self.variables)
     return x
+
+  def _sampler(self, steps: int | None) -> sampling.Sampler:
+    """One compiled sampler per chain length, kept for later calls (no recompilation)."""
+    cache = self.__dict__.setdefault("_samplers", {})
+    if steps not in cache:
+      shape = tuple(self.info.shape)
+      cache[steps] = sampling.Sampler(
+          sampling.model_energy(self.model),
+          sampling.settings_from_config(self.config, steps=steps), shape,
+          sampling.transition_from_config(self.config, shape), self.config.sample.batch_size)
+    return cache[steps]
 
   def energy(self, x, label: int | None = None) -> np.ndarray:
     """Energies (B,) of images x (B, H, W, C) in [0, 1], summed over heads (lower = likelier)."""

@@ -16,8 +16,7 @@ import jax.numpy as jnp
 import ml_collections
 import numpy as np
 
-from ebm_jax import sample as sample_lib
-from ebm_jax import sampling
+from ebm_jax import restore, sampling
 from ebm_jax.errors import UserError
 
 
@@ -35,7 +34,7 @@ class Run:
       raise UserError(f"label={label}: the model has {self.info.num_classes} classes")
     if label is not None and not self.info.num_classes:
       raise UserError(f"label={label}: the model is unconditional")
-    return sample_lib.default_labels(n, self.info.num_classes, -1 if label is None else label)
+    return sampling.default_labels(n, self.info.num_classes, -1 if label is None else label)
 
   def sample(self, n: int, key: jax.Array | None = None, label: int | None = None,
              steps: int | None = None) -> np.ndarray:
@@ -52,11 +51,7 @@ class Run:
     """One compiled sampler per chain length, kept for later calls (no recompilation)."""
     cache = self.__dict__.setdefault("_samplers", {})
     if steps not in cache:
-      shape = tuple(self.info.shape)
-      cache[steps] = sampling.Sampler(
-          sampling.model_energy(self.model),
-          sampling.settings_from_config(self.config, steps=steps), shape,
-          sampling.transition_from_config(self.config, shape), self.config.sample.batch_size)
+      cache[steps] = sampling.for_model(self.config, self.model, self.info.shape, steps=steps)
     return cache[steps]
 
   def energy(self, x, label: int | None = None) -> np.ndarray:
@@ -70,6 +65,6 @@ class Run:
 
 def load(workdir: str, step: int | None = None) -> Run:
   """The run in `workdir` at its latest checkpoint (or `step`), with the EMA parameters."""
-  config, info, model, ema, step = sample_lib.load_for_sampling(workdir, step)
+  config, info, model, ema, step = restore.load_for_sampling(workdir, step)
   return Run(config=config, info=info, model=model,
-             variables=sample_lib.ema_variables(ema), step=int(step))
+             variables=restore.ema_variables(ema), step=int(step))

@@ -74,13 +74,22 @@ class Checkpointer:
     options = ocp.CheckpointManagerOptions(
         max_to_keep=train.keep_checkpoints if train else None,
         keep_period=(train.keep_every or None) if train else None,
-        create=not read_only, read_only=read_only, enable_async_checkpointing=not read_only)
+        save_interval_steps=0 if read_only else 1, create=not read_only, read_only=read_only,
+        enable_async_checkpointing=not read_only)
     # Handlers named up front, so item metadata (shapes, dtypes) can be read before a restore.
-    self.manager = ocp.CheckpointManager(
-        self.directory, options=options,
-        item_handlers={"state": ocp.StandardCheckpointHandler(),
-                       "ema": ocp.StandardCheckpointHandler(),
-                       "config": ocp.JsonCheckpointHandler()})
+    # A read-only manager makes orbax warn that the directory is read-only, which is what was
+    # asked for: the warning is held back for that one call.
+    level = logging.get_verbosity()
+    if read_only:
+      logging.set_verbosity(logging.ERROR)
+    try:
+      self.manager = ocp.CheckpointManager(
+          self.directory, options=options,
+          item_handlers={"state": ocp.StandardCheckpointHandler(),
+                         "ema": ocp.StandardCheckpointHandler(),
+                         "config": ocp.JsonCheckpointHandler()})
+    finally:
+      logging.set_verbosity(level)
 
   def latest_step(self) -> int | None:
     return self.manager.latest_step()

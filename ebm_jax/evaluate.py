@@ -16,11 +16,9 @@ detection scores images by −E(x) under the EMA parameters (ebm_jax/eval/ood.py
 import json
 import os
 
-import numpy as np
 from absl import app, flags
 
-from ebm_jax import cli
-from ebm_jax import sample as sample_lib
+from ebm_jax import cli, images, restore
 from ebm_jax.errors import UserError
 from ebm_jax.eval import features, jem, ood, quality
 
@@ -90,18 +88,13 @@ def run(argv: list[str]) -> None:
   cache_dir = FLAGS.cache_dir or cli.cache_dir()
   if command == "classifier":
     return classifier(cache_dir)
-  config, info, model, ema, step = sample_lib.load_for_sampling(FLAGS.workdir, FLAGS.step)
+  config, info, model, ema, step = restore.load_for_sampling(FLAGS.workdir, FLAGS.step)
   head = {"command": command, "workdir": FLAGS.workdir, "step": step}
   if command == "quality":
     net = features.load_classifier(config.data, config.data.attribute, cache_dir)
-    if FLAGS.eval_every:
-      rows = quality.chain_quality(config, model, ema, info, net, num=FLAGS.num,
-                                   steps=FLAGS.steps, eval_every=FLAGS.eval_every,
-                                   seed=FLAGS.seed, log=lambda s: print(s, flush=True))
-      result = {"along_chain": rows, "classifier_test_accuracy": net.meta["test_accuracy"]}
-    else:
-      result = quality.quality(config, model, ema, info, net, num=FLAGS.num,
-                               steps=FLAGS.steps, seed=FLAGS.seed)
+    result = quality.evaluate(config, model, ema, info, net, num=FLAGS.num, steps=FLAGS.steps,
+                              seed=FLAGS.seed, eval_every=FLAGS.eval_every,
+                              log=lambda s: print(s, flush=True))
   elif command == "accuracy":
     result = jem.accuracy(config, model, ema, FLAGS.num, seed=FLAGS.seed)
   elif command == "ood":
@@ -120,23 +113,11 @@ def run(argv: list[str]) -> None:
     out = FLAGS.out or os.path.join(FLAGS.workdir, "export")
     x = quality.generate_samples(config, model, ema, info, FLAGS.num, steps=FLAGS.steps,
                                  seed=FLAGS.seed)
-    export_samples(x, out)
+    images.export_samples(x, out)
     print(f"wrote {len(x)} PNG files and samples.npz to {out}")
     return None
   _emit({**head, **result})
   return None
-
-
-def export_samples(x: np.ndarray, out: str) -> None:
-  """PNG files (one per sample) and samples.npz (uint8 NHWC under 'images'), the layouts that
-  FID tools (torch-fidelity, pytorch-fid, clean-fid) read."""
-  from PIL import Image  # pylint: disable=import-outside-toplevel
-  cli.make_dirs(out, "--out")
-  images = np.rint(np.clip(x, 0, 1) * 255).astype(np.uint8)
-  for i, img in enumerate(images):
-    Image.fromarray(img[..., 0] if img.shape[-1] == 1 else img).save(
-        os.path.join(out, f"{i:06d}.png"))
-  np.savez_compressed(os.path.join(out, "samples.npz"), images=images)
 
 
 def main(argv) -> None:

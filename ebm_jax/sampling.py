@@ -15,12 +15,14 @@ batches of `batch_size`, one compilation per Sampler.
 """
 
 import functools
+import time
 from typing import Callable, Iterator, NamedTuple
 
 import jax
 import jax.numpy as jnp
 import ml_collections
 import numpy as np
+from absl import logging
 
 from ebm_jax import augment as augment_lib
 from ebm_jax import langevin
@@ -114,11 +116,20 @@ class Sampler:
     return xs, ys
 
   def continue_chains(self, variables, key: jax.Array, xs: list, ys: list):
-    """One run of the settings' blocks and final steps from the batches xs (replaced)."""
-    infos = []
+    """One run of the settings' blocks and final steps from the batches xs (replaced). With
+    more than one batch, a progress line (absl INFO) after each: chains done, time, ETA."""
+    infos, times = [], [time.time()]
     for b in range(len(xs)):
       xs[b], info = self._run(variables, jax.random.fold_in(key, b), xs[b], ys[b])
       infos.append(info)
+      if len(xs) > 1:
+        jax.block_until_ready(xs[b])
+        times.append(time.time())
+        # the first batch may include compilation: the ETA uses the later ones when it can
+        per_batch = (times[-1] - times[1]) / b if b else times[1] - times[0]
+        logging.info("sampling: %d/%d batches of %d chains x %d steps, %.0f s, ETA %.0f s",
+                     b + 1, len(xs), len(xs[b]), self.settings.num_steps,
+                     times[-1] - times[0], per_batch * (len(xs) - b - 1))
     return infos
 
   def draw(self, key: jax.Array, num: int, labels: np.ndarray | None = None,
@@ -167,3 +178,22 @@ def along_chain(energy_fn: EnergyFn, settings: ChainSettings, key: jax.Array, nu
 def model_energy(model) -> EnergyFn:
   """energy_fn(variables, x, y) of a Flax energy net: model.apply(variables, x, y)."""
   return lambda variables, x, y: model.apply(variables, x, y)
+
+
+def for_model(config: ml_collections.ConfigDict, model, shape: tuple[int, ...], *,
+              steps: int | None = None, augment: bool | None = None,
+              batch_size: int | None = None) -> Sampler:
+  """The test-time sampler of config.sample for a Flax energy net (variables per call)."""
+  shape = tuple(shape)
+  return Sampler(model_energy(model), settings_from_config(config, steps=steps), shape,
+                 transition_from_config(config, shape, augment),
+                 batch_size or config.sample.batch_size)
+
+
+def default_labels(num: int, num_classes: int, label: int = -1) -> np.ndarray | None:
+  """One-hot labels: all `label`, or cycling through the classes when label < 0 (None for an
+  unconditional model)."""
+  if num_classes == 0:
+    return None
+  idx = np.full(num, label) if label >= 0 else np.arange(num) % num_classes
+  return np.eye(num_classes, dtype=np.float32)[idx]

@@ -152,7 +152,8 @@ def make_loss_fn(config: ml_collections.ConfigDict, model, neg: NegativePhase):
   icd = functools.partial(
       losses.icd_loss, energy=lambda p, x, yy: energy(p, neg.model_state, x, yy),
       x_pos=neg.x_pos, y_pos=neg.labels, x_neg=neg.x_neg, y_neg=neg.labels, kl=neg.kl,
-      ent_refs=neg.ent_refs, ent_active=neg.ent_active, cfg=config)
+      ent_refs=neg.ent_refs, ent_active=neg.ent_active,
+      settings=losses.LossSettings.from_config(config))
   if neg.class_labels is None:
     return icd
 

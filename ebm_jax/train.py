@@ -24,7 +24,7 @@ from ebm_jax import checkpoint as checkpoint_lib
 from ebm_jax import config_lib
 from ebm_jax import data as data_lib
 from ebm_jax import guard as guard_lib
-from ebm_jax import models, sample as sample_lib, sharding
+from ebm_jax import images, models, sampling, sharding
 from ebm_jax import state as state_lib
 from ebm_jax.errors import DivergenceError
 from ebm_jax.metrics import MetricWriter
@@ -293,7 +293,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str, devices=
           writer.write_scalars(step, grad_terms)
         if should_run(step, tc.image_every, tc.num_steps) and len(setup.info.shape) == 3:
           # every process takes part in the gather (the negatives are split over processes)
-          grid = sample_lib.make_grid(multihost_utils.process_allgather(negatives, tiled=True))
+          grid = images.make_grid(multihost_utils.process_allgather(negatives, tiled=True))
           writer.write_images(step, {"negatives": grid[None]})
         if quality is not None and should_run(step, tc.eval_every, tc.num_steps):
           _log_quality(quality, writer, step, state)
@@ -315,10 +315,12 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str, devices=
   elif is_main and tc.num_steps > start:
     # From host copies of the (replicated) EMA parameters: the sampler then runs on this
     # process's devices alone, which a multi-process run needs (only process 0 samples).
-    path = sample_lib.sample_to_files(config, setup.model, setup.info,
-                                      jax.device_get(state.ema_params),
-                                      jax.device_get(state.model_state),
-                                      os.path.join(workdir, "samples"), f"step_{int(step)}")
+    variables = {"params": jax.device_get(state.ema_params),
+                 **jax.device_get(state.model_state)}
+    num = config.sample.num
+    x, _ = sampling.for_model(config, setup.model, setup.info.shape).draw(
+        jax.random.key(0), num, sampling.default_labels(num, setup.info.num_classes), variables)
+    path = images.save_samples(x, os.path.join(workdir, "samples"), f"step_{int(step)}")
     logging.info("Samples from the EMA parameters: %s", path)
   ckpt.close()
   writer.close()
@@ -330,7 +332,7 @@ def _log_quality(quality, writer: MetricWriter, step: int, state) -> None:
   t = time.time()
   scalars, x = quality(step, jax.device_get(state.ema_params), jax.device_get(state.model_state))
   writer.write_scalars(step, scalars)
-  writer.write_images(step, {"quality_samples": sample_lib.make_grid(x)[None]})
+  writer.write_images(step, {"quality_samples": images.make_grid(x)[None]})
   frechet = scalars.get("quality/frechet")
   logging.info("step %d quality | Fréchet %s | classes %s | mean pixel %.3f | saturated %.3f "
                "| %.0f s", step, "n/a" if frechet is None else f"{frechet:.1f}",

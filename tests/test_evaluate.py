@@ -11,7 +11,7 @@ import numpy as np
 import pytest
 
 from ebm_jax.configs import digits
-from ebm_jax import compose, config_lib, models
+from ebm_jax import composition, config_lib, models
 from ebm_jax.eval import features, ood, quality, stats
 
 import clirun
@@ -87,21 +87,21 @@ def test_composition_equals_the_energies_evaluated_directly():
   config, model, (v1, v2), x = _conditional_model()
   info = type("Info", (), {"num_classes": 3, "class_names": ("circle", "square", "triangle"),
                            "shape": x.shape[1:]})()
-  c1 = compose.Component("a", config, info, model, v1, 0)
-  c2 = compose.Component("b", config, info, model, v2, 2)
+  c1 = composition.Component("a", config, info, model, v1, 0)
+  c2 = composition.Component("b", config, info, model, v2, 2)
   onehot = lambda k: jnp.zeros((4, 3)).at[:, k].set(1.0)
   e1 = model.apply(v1, x, onehot(0)).sum(-1)
   e2 = model.apply(v2, x, onehot(2)).sum(-1)
   fns = [c1.energy, c2.energy]
-  np.testing.assert_allclose(compose.composed_energy(fns, "and")(x), e1 + e2, rtol=1e-5)
-  np.testing.assert_allclose(compose.composed_energy(fns, "not", alpha=0.5)(x), e1 - 0.5 * e2,
+  np.testing.assert_allclose(composition.composed_energy(fns, "and")(x), e1 + e2, rtol=1e-5)
+  np.testing.assert_allclose(composition.composed_energy(fns, "not", alpha=0.5)(x), e1 - 0.5 * e2,
                              rtol=1e-5)
   t = 0.7
   soft_min = -t * np.log(np.exp(-np.asarray(e1) / t) + np.exp(-np.asarray(e2) / t))
-  np.testing.assert_allclose(compose.composed_energy(fns, "or", temperature=t)(x), soft_min,
+  np.testing.assert_allclose(composition.composed_energy(fns, "or", temperature=t)(x), soft_min,
                              rtol=1e-5)
   # a low temperature turns `or` into the minimum
-  np.testing.assert_allclose(compose.combine([e1, e2], "or", temperature=1e-4),
+  np.testing.assert_allclose(composition.combine([e1, e2], "or", temperature=1e-4),
                              np.minimum(e1, e2), atol=1e-3)
 
 

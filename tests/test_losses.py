@@ -14,6 +14,10 @@ import pytest
 from ebm_jax.configs.default import get_config
 from ebm_jax import langevin, losses
 
+
+def _settings(cfg):
+  return losses.LossSettings.from_config(cfg)
+
 jax.config.update("jax_enable_x64", False)
 D, B, N, M = 6, 5, 3, 7
 LAM, SIGMA, K = 0.1, 0.01, 4
@@ -55,7 +59,7 @@ def _loss_through_sampler(cfg, d):
     return losses.icd_loss(w, energy, x_pos=d["x_pos"], y_pos=None, x_neg=state.x,
                            y_neg=None, kl=kl, ent_refs=d["refs"] + 0.01 * w,
                            ent_active=jnp.array(True),
-                           cfg=cfg)
+                           settings=_settings(cfg))
   return f
 
 
@@ -136,7 +140,7 @@ def test_entropy_is_off_until_active(data):
   kl = losses.KLInputs(data["x0"][:N], data["x0"][:N], data["chain_key"], None)
   f = lambda w: losses.icd_loss(w, energy, x_pos=data["x_pos"], y_pos=None, x_neg=data["x0"],
                                 y_neg=None, kl=kl, ent_refs=data["refs"],
-                                ent_active=jnp.array(False), cfg=cfg)[0]
+                                ent_active=jnp.array(False), settings=_settings(cfg))[0]
   assert float(f(data["w"])) == 0.0
   assert not np.any(np.asarray(jax.grad(f)(data["w"])))
 
@@ -203,7 +207,7 @@ def test_multihead_kl_terms_match_their_closed_forms(data):
   def loss(wv):
     return losses.icd_loss(wv, _multihead_energy, x_pos=data["x_pos"], y_pos=None,
                            x_neg=data["x0"], y_neg=None, kl=kl, ent_refs=data["refs"],
-                           ent_active=jnp.array(True), cfg=cfg)
+                           ent_active=jnp.array(True), settings=_settings(cfg))
 
   (total, aux), g = jax.value_and_grad(loss, has_aux=True)(data["w"])
   x_hat = (1 - LAM * c_sum * w) * x_t
@@ -236,7 +240,8 @@ def test_box_clip_blocks_the_gradient_through_saturated_pixels():
 
   def l_opt(wv):
     return losses.icd_loss(wv, lin, x_pos=x_t, y_pos=None, x_neg=x_t, y_neg=None, kl=kl,
-                           ent_refs=x_t, ent_active=jnp.array(False), cfg=cfg)[1]["opt"]
+                           ent_refs=x_t, ent_active=jnp.array(False),
+                           settings=_settings(cfg))[1]["opt"]
 
   g = np.asarray(jax.grad(l_opt)(w))
   # x̂ = clip(x̃ + w s) = (1, 0.55, 0); L_opt = −1.3 Σ w̄ s x̂ with w̄ frozen: only d = 1 moves

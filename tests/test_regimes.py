@@ -16,7 +16,11 @@ import pytest
 from ebm_jax import buffer as buffer_lib
 from ebm_jax import data as data_lib
 from ebm_jax import langevin, losses, models, train
-from ebm_jax.experiments import ablation
+from ebm_jax.experiments import ablation_lib as ablation
+
+
+def _settings(cfg):
+  return losses.LossSettings.from_config(cfg)
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
@@ -140,9 +144,9 @@ def test_right_kl_is_the_negated_paper_kl():
   kl = losses.KLInputs(x_noised=x, x0=x, chain_key=k[1], labels=None)
   args = dict(x_pos=jax.random.uniform(k[2], x.shape), y_pos=None, x_neg=x, y_neg=None, kl=kl,
               ent_refs=jax.random.uniform(k[3], (10, 8, 8, 1)), ent_active=jnp.array(True))
-  _, paper = losses.icd_loss(params, energy, cfg=cfg, **args)
+  _, paper = losses.icd_loss(params, energy, settings=_settings(cfg), **args)
   cfg.loss.kl_form = "right"
-  _, right = losses.icd_loss(params, energy, cfg=cfg, **args)
+  _, right = losses.icd_loss(params, energy, settings=_settings(cfg), **args)
   for term in ("opt", "ent", "kl"):
     assert float(paper[term]) != 0.0
     np.testing.assert_allclose(float(right[term]), -float(paper[term]), rtol=1e-6)

@@ -15,7 +15,7 @@ import tensorflow_datasets as tfds
 import clirun
 
 import ebm_jax
-from ebm_jax import checkpoint, cli, config_lib, sample, train
+from ebm_jax import checkpoint, cli, config_lib, images, restore, sampling, train
 from ebm_jax.metrics import METRICS_FILE, read_jsonl
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -128,10 +128,11 @@ def test_sharded_step_equals_single_device_step():
 
 
 def test_sampling_from_a_checkpoint(digits_workdir, tmp_path):
-  config, info, model, ema, step = sample.load_for_sampling(digits_workdir)
+  config, info, model, ema, step = restore.load_for_sampling(digits_workdir)
   assert step == 40 and info.shape == (8, 8, 1)
-  path = sample.sample_to_files(config, model, info, ema["params"], ema["model_state"],
-                                str(tmp_path), "s", num=6, steps=5)
+  x, diag = sampling.for_model(config, model, info.shape, steps=5).draw(
+      jax.random.key(0), 6, None, restore.ema_variables(ema))
+  path = images.save_samples(x, str(tmp_path), "s", energy_per_step=diag["energy"])
   arrays = np.load(str(tmp_path / "s.npz"))
   assert arrays["samples"].shape == (6, 8, 8, 1)
   assert arrays["energy_per_step"].shape == (5,)
@@ -142,7 +143,7 @@ def test_sampling_from_a_checkpoint(digits_workdir, tmp_path):
 def test_sampling_uses_the_ema_parameters_and_the_saved_ema_item_is_state_ema(digits_workdir):
   """The `ema` item of a checkpoint equals the state's EMA parameters (not its parameters),
   and the sampler draws with exactly those."""
-  config, info, model, ema, step = sample.load_for_sampling(digits_workdir)
+  config, info, model, ema, step = restore.load_for_sampling(digits_workdir)
   setup = train.Setup(config)
   ckpt = checkpoint.Checkpointer(digits_workdir, config, setup.info)
   state = jax.device_get(ckpt.restore_state(setup.abstract_state, setup.state_sharding))
@@ -287,10 +288,10 @@ def test_sampling_falls_back_to_the_previous_readable_checkpoint(digits_workdir,
 
   damage(40)
   with caplog.at_level(logging.WARNING):
-    _, _, _, _, step = sample.load_for_sampling(str(work))
+    _, _, _, _, step = restore.load_for_sampling(str(work))
   assert step == 20
   assert "step 40" in caplog.text and "using step 20" in caplog.text
   assert sorted(os.listdir(work / "checkpoints")) == ["20", "40"]  # read-only: nothing moved
   damage(20)
   with pytest.raises(config_lib.UserError, match="no readable checkpoint"):
-    sample.load_for_sampling(str(work))
+    restore.load_for_sampling(str(work))

@@ -6,6 +6,7 @@ import dataclasses
 import functools
 import json
 import os
+import time
 from typing import Callable
 
 import flax.linen as nn
@@ -117,13 +118,16 @@ def train_classifier(data_cfg: ml_collections.ConfigDict, attribute: str = "", *
 
   rng = np.random.default_rng(seed)
   order = np.array([], int)
+  start, every = time.time(), max(1, steps // 10)
   for i in range(steps):
     if len(order) < batch_size:
       order = np.concatenate([order, rng.permutation(len(x))])
     idx, order = order[:batch_size], order[batch_size:]
     params, opt_state, loss = step(params, opt_state, x[idx], y[idx])
-    if (i + 1) % 500 == 0:
-      log(f"classifier step {i + 1}/{steps}: loss {float(loss):.4f}")
+    if (i + 1) % every == 0 or i + 1 == steps:
+      took = time.time() - start
+      log(f"classifier step {i + 1}/{steps}: loss {float(loss):.4f}, {took:.0f} s, "
+          f"ETA {took / (i + 1) * (steps - i - 1):.0f} s")
   net = FeatureNet(module, params, {})
   accuracy = float((net.predict(x_test) == y_test).mean())
   net.meta = {"key": classifier_key(data_cfg, attribute), "num_classes": num_classes,
@@ -164,6 +168,20 @@ def load_classifier(data_cfg: ml_collections.ConfigDict, attribute: str,
   with open(path + ".msgpack", "rb") as f:
     params = serialization.from_bytes(template, f.read())
   return FeatureNet(module, params, meta)
+
+
+def load_or_train(data_cfg: ml_collections.ConfigDict, attribute: str, cache_dir: str, *,
+                  steps: int, log: Callable[[str], None] = print) -> FeatureNet:
+  """The cached classifier of this data, trained first (with progress lines) and cached when
+  there is none."""
+  try:
+    return load_classifier(data_cfg, attribute, cache_dir)
+  except UserError:
+    log(f"Training the {data_cfg.name} feature classifier ({steps} steps, once; cached in "
+        f"{cache_dir})")
+    net = train_classifier(data_cfg, attribute, steps=steps, log=log)
+    save_classifier(net, cache_dir)
+    return net
 
 
 SIZES = {"digits": (8, 1), "fashion_mnist": (28, 1), "shapes": (32, 3)}  # native (size, channels)

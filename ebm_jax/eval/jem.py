@@ -4,7 +4,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from ebm_jax import sample as sample_lib
+from ebm_jax import restore
 from ebm_jax.errors import UserError
 from ebm_jax.eval.quality import test_images
 
@@ -14,7 +14,7 @@ def accuracy(config, model, ema, num: int, seed: int = 0, batch: int = 250) -> d
   if not config.model.jem:
     raise UserError("`accuracy` is for JEM models (model.jem=True); this workdir's model is "
                     "an energy net without class logits")
-  variables = sample_lib.ema_variables(ema)
+  variables = restore.ema_variables(ema)
   x, labels = test_images(config, num, seed=seed)
   fn = jax.jit(lambda v: model.apply(variables, v, method=type(model).logits).argmax(-1))
   pred = np.concatenate([np.asarray(fn(jnp.asarray(x[i:i + batch], jnp.float32)))

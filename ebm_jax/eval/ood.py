@@ -12,7 +12,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from ebm_jax import data as data_lib
-from ebm_jax import sample as sample_lib
+from ebm_jax import restore
 from ebm_jax.errors import UserError
 from ebm_jax.eval import features as features_lib
 from ebm_jax.eval import stats
@@ -125,7 +125,7 @@ def ood(config, model, ema, info, sets: list[str], *, num: int, seed: int = 0,
   if len(info.shape) != 3:
     raise UserError("OOD detection needs an image model")
   check_sets(sets)
-  variables = sample_lib.ema_variables(ema)
+  variables = restore.ema_variables(ema)
   test, labels = test_images(config, num, seed=seed)
   # JEM scores log p(x) = −E(x) = logsumexp f(x), with no label (as JEM's OOD results).
   y = labels if info.num_classes and not config.model.jem else None

@@ -15,8 +15,7 @@ import numpy as np
 from absl import logging
 
 from ebm_jax import data as data_lib
-from ebm_jax import sample as sample_lib
-from ebm_jax import sampling
+from ebm_jax import restore, sampling
 from ebm_jax.errors import UserError
 from ebm_jax.eval import features as features_lib
 from ebm_jax.eval import stats
@@ -35,22 +34,11 @@ def test_images(config, n: int, seed: int = 0) -> tuple[np.ndarray, np.ndarray]:
   return features_lib.to_unit(batch["image"], info.levels), batch["label"]
 
 
-def model_sampler(config, model, info, *, steps: int | None = None,
-                  augment: bool | None = None, batch_size: int | None = None
-                  ) -> sampling.Sampler:
-  """The test-time sampler of config.sample for this model (variables passed per call)."""
-  shape = tuple(info.shape)
-  return sampling.Sampler(sampling.model_energy(model),
-                          sampling.settings_from_config(config, steps=steps), shape,
-                          sampling.transition_from_config(config, shape, augment),
-                          batch_size or config.sample.batch_size)
-
-
 def generate_samples(config, model, ema, info, num: int, *, steps: int | None, seed: int,
                      label: int = -1) -> np.ndarray:
-  labels = sample_lib.default_labels(num, info.num_classes, label)
-  x, _ = model_sampler(config, model, info, steps=steps).draw(
-      jax.random.key(seed), num, labels, sample_lib.ema_variables(ema))
+  labels = sampling.default_labels(num, info.num_classes, label)
+  x, _ = sampling.for_model(config, model, info.shape, steps=steps).draw(
+      jax.random.key(seed), num, labels, restore.ema_variables(ema))
   return x
 
 
@@ -103,8 +91,8 @@ def chain_quality(config, model, ema, info, net: features_lib.FeatureNet, *, num
   rows, start = [], time.time()
   chain = sampling.along_chain(
       sampling.model_energy(model), sampling.settings_from_config(config), jax.random.key(seed),
-      num, shape, sample_lib.default_labels(num, info.num_classes), steps=steps,
-      every=eval_every, variables=sample_lib.ema_variables(ema),
+      num, shape, sampling.default_labels(num, info.num_classes), steps=steps,
+      every=eval_every, variables=restore.ema_variables(ema),
       batch_size=config.sample.batch_size,
       transition=sampling.transition_from_config(config, shape, augment))
   for done, x, mean_energy in chain:
@@ -118,6 +106,18 @@ def chain_quality(config, model, ema, info, net: features_lib.FeatureNet, *, num
   return rows
 
 
+def evaluate(config, model, ema, info, net: features_lib.FeatureNet, *, num: int,
+             steps: int | None, seed: int, eval_every: int = 0,
+             log: Callable[[str], None] = print) -> dict:
+  """`evaluate quality`: `quality` of num samples, or with eval_every > 0 `chain_quality`
+  along one chain of `steps` steps."""
+  if not eval_every:
+    return quality(config, model, ema, info, net, num=num, steps=steps, seed=seed)
+  rows = chain_quality(config, model, ema, info, net, num=num, steps=steps,
+                       eval_every=eval_every, seed=seed, log=log)
+  return {"along_chain": rows, "classifier_test_accuracy": net.meta["test_accuracy"]}
+
+
 class TrainingQuality:
   """The training loop's quality hook (train.eval_every): `eval.num` samples from the EMA
   parameters by the test-time chain, in a jitted sampler of its own (compiled once, parameters
@@ -127,24 +127,18 @@ class TrainingQuality:
   def __init__(self, config: ml_collections.ConfigDict, model, info, cache_dir: str,
                log: Callable[[str], None] = logging.info):
     self.config, self.info, self.num = config, info, int(config.eval.num)
-    self.sampler = model_sampler(config, model, info, batch_size=self.num)  # one batch
+    self.sampler = sampling.for_model(config, model, info.shape, batch_size=self.num)  # one batch
     self.net, self.stats_real = None, None
     if config.data.name in features_lib.DATASETS:
-      try:
-        self.net = features_lib.load_classifier(config.data, config.data.attribute, cache_dir)
-      except UserError:
-        log(f"Training the feature classifier for quality/frechet (once; cached in "
-            f"{cache_dir})")
-        self.net = features_lib.train_classifier(config.data, config.data.attribute,
-                                                 steps=config.eval.classifier_steps, log=log)
-        features_lib.save_classifier(self.net, cache_dir)
+      self.net = features_lib.load_or_train(config.data, config.data.attribute, cache_dir,
+                                            steps=config.eval.classifier_steps, log=log)
       _check_num(self.num, self.net)
       real, _ = test_images(config, self.num)
       self.stats_real = stats.gaussian_stats(self.net.features(real))
 
   def __call__(self, step: int, ema_params, model_state) -> tuple[dict, np.ndarray]:
     """(scalars under quality/..., the samples) for the EMA parameters at `step`."""
-    labels = sample_lib.default_labels(self.num, self.info.num_classes)
+    labels = sampling.default_labels(self.num, self.info.num_classes)
     key = jax.random.fold_in(jax.random.key(self.config.seed + 7), step)
     x, _ = self.sampler.draw(key, self.num, labels, {"params": ema_params, **model_state})
     scalars = {f"quality/{k}": v for k, v in pixel_stats(x).items()}

@@ -20,7 +20,4 @@ def get_config(variant: str = ""):
   c = celebahq.get_config()
   c.data.name = "celeba"
   c.data.attribute = attributes[0]
-  default.finish(c, variant, ATTRIBUTES)
-  if "tiny" in tokens:
-    c.data.image_size = 64
-  return c
+  return default.finish(c, variant, ATTRIBUTES, tiny=celebahq.tiny)

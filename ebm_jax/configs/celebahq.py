@@ -4,6 +4,10 @@ tensorflow-datasets: the first run prints where to put the files."""
 from ebm_jax.configs import default
 
 
+def tiny(c) -> None:
+  c.data.image_size = 64  # the smallest size resnet128 takes, to keep CPU tests quick
+
+
 def get_config(variant: str = ""):
   c = default.get_config()
   c.data.name = "celeba_hq"
@@ -23,7 +27,4 @@ def get_config(variant: str = ""):
   c.sample.num_blocks = 20  # ref §5.2 (celeba_gen: 20 x (15 steps + aug), then 120 steps)
   c.sample.block_steps = 15
   c.sample.final_steps = 120
-  default.finish(c, variant)
-  if "tiny" in default.parse_variant(variant):
-    c.data.image_size = 64  # the smallest size resnet128 takes, to keep CPU tests quick
-  return c
+  return default.finish(c, variant, tiny=tiny)

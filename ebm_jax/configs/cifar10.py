@@ -3,9 +3,8 @@
 from ebm_jax.configs import default
 
 
-def get_config(variant: str = ""):
+def get_config(variant: str = "", regime: default.Edit | None = None):
   c = default.get_config()
   c.data.name = "cifar10"
   c.augment.blur_kernel = 5  # paper A.2 ("Gaussian blur of 5 pixels"); the code has no blur here
-  default.finish(c, variant)
-  return c
+  return default.finish(c, variant, regime=regime)

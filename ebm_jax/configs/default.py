@@ -13,6 +13,8 @@ Variants: `get_config("tiny")` shrinks everything so a step runs in seconds on a
 smoke runs). Command line: `--config=configs/default.py:tiny`.
 """
 
+from typing import Callable
+
 import ml_collections
 
 
@@ -54,11 +56,11 @@ def get_config(variant: str = "") -> ml_collections.ConfigDict:
   # Paper §3.1 removes spectral norm; the code standardises weights instead.
   c.model.conv = "ws"  # "ws", "spectral" or "plain"
   c.model.mlp_hidden = (256, 256, 256)  # mlp only: hidden widths
-  c.model.dtype = "float32"
+  c.model.dtype = "float32"  # compute dtype of the net ("bfloat16" for mixed precision)
   # JEM (Grathwohl et al. 2020, arXiv:1912.03263): the net's last layer gives class logits
   # f(x); E(x, y) = -f(x)[y], E(x) = -logsumexp f(x). Trained with cross-entropy (loss.ce_weight)
   # plus the generative loss on E(x). Needs labelled data (data.attribute) and a single scale.
-  c.model.jem = False  # compute dtype of the net ("bfloat16" for mixed precision)
+  c.model.jem = False
 
   # ---------------------------------------------------------------- Langevin sampler
   c.langevin = ml_collections.ConfigDict()
@@ -184,8 +186,7 @@ def get_config(variant: str = "") -> ml_collections.ConfigDict:
   c.sample.final_steps = 40  # plain steps at the end, no augmentation
   c.sample.augment = True  # augmentation transitions between blocks; paper §2.3
 
-  finish(c, variant)
-  return c
+  return finish(c, variant)
 
 
 def parse_variant(variant: str, known: tuple[str, ...] = ()) -> list[str]:
@@ -197,14 +198,29 @@ def parse_variant(variant: str, known: tuple[str, ...] = ()) -> list[str]:
   return tokens
 
 
-def finish(c: ml_collections.ConfigDict, variant: str, known: tuple[str, ...] = ()) -> None:
-  """Applies the 'cpu' and 'tiny' size variants if asked for (after the dataset's own
-  overrides; 'cpu' only where the dataset lists it in `known`)."""
+Edit = Callable[[ml_collections.ConfigDict], None]
+
+
+def finish(c: ml_collections.ConfigDict, variant: str, known: tuple[str, ...] = (), *,
+           regime: Edit | None = None, cpu: Edit | None = None,
+           tiny: Edit | None = None) -> ml_collections.ConfigDict:
+  """The one place where variants meet, in this order, after the dataset's own fields:
+  'cpu' (apply_cpu, then the dataset's `cpu` edit; only where `known` lists it), the training
+  regime (IGEBM, true CD, JEM, ...: its defining settings win over 'cpu'), then 'tiny'
+  (apply_tiny, then the dataset's `tiny` edit) last, so a tiny run is tiny whatever came
+  before. Returns c."""
   tokens = parse_variant(variant, known)
   if "cpu" in tokens:
     apply_cpu(c)
+    if cpu:
+      cpu(c)
+  if regime:
+    regime(c)
   if "tiny" in tokens:
     apply_tiny(c)
+    if tiny:
+      tiny(c)
+  return c
 
 
 def apply_cpu(c: ml_collections.ConfigDict) -> None:

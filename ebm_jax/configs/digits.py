@@ -13,7 +13,7 @@ after 1,200 steps, λ = 5 clearly recognisable digits of every class.
 from ebm_jax.configs import default
 
 
-def get_config(variant: str = ""):
+def get_config(variant: str = "", regime: default.Edit | None = None):
   c = default.get_config()
   c.data.name = "digits"
   c.data.image_size = 8  # native size
@@ -51,7 +51,4 @@ def get_config(variant: str = ""):
   c.sample.num_blocks = 5
   c.sample.block_steps = 20
   c.sample.final_steps = 40
-  default.finish(c, variant)
-  if "tiny" in default.parse_variant(variant):
-    c.loss.ent_min_buffer = 8
-  return c
+  return default.finish(c, variant, regime=regime)

@@ -11,7 +11,16 @@ from ebm_jax.configs import default, regimes
 VARIANTS = ("cpu", "elastic")
 
 
-def get_config(variant: str = ""):
+def _cpu(c) -> None:
+  c.loss.kl_samples = 0  # the whole (CPU-sized) batch
+
+
+def tiny_kl(c) -> None:
+  c.loss.kl_samples = 4
+
+
+def get_config(variant: str = "", regime: default.Edit | None = None):
+  """Fashion-MNIST with `variant`; `regime` (configs/regimes.py) for the configs built on it."""
   c = default.get_config()
   c.data.name = "fashion_mnist"
   c.data.image_size = 28
@@ -30,14 +39,6 @@ def get_config(variant: str = ""):
   c.train.batch_size = 64
   c.train.num_steps = 20_000
   c.train.eval_every = 1000  # quality/* of EMA samples (the :cpu variant: every 500 steps)
-  tokens = default.parse_variant(variant, VARIANTS)
-  default.finish(c, variant, VARIANTS)  # `:cpu` is default.apply_cpu
-  if "cpu" in tokens:
-    c.loss.kl_samples = 0  # the whole batch
-  if "elastic" in tokens:  # critique §6.3: elastic deformations instead of crops and flips
-    regimes.apply_elastic(c)
-    if "tiny" in tokens:
-      default.apply_tiny(c)
-  if "tiny" in tokens:
-    c.loss.kl_samples = 4
-  return c
+  if "elastic" in default.parse_variant(variant, VARIANTS):
+    regimes.apply_elastic(c)  # critique §6.3: elastic deformations instead of crops and flips
+  return default.finish(c, variant, VARIANTS, regime=regime, cpu=_cpu, tiny=tiny_kl)

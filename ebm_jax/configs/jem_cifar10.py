@@ -5,6 +5,4 @@ from ebm_jax.configs import cifar10, regimes
 
 
 def get_config(variant: str = ""):
-  c = cifar10.get_config(variant)
-  regimes.apply_jem(c)
-  return c
+  return cifar10.get_config(variant, regime=regimes.apply_jem)

@@ -6,6 +6,4 @@ from ebm_jax.configs import fashion_mnist, regimes
 
 
 def get_config(variant: str = ""):
-  c = fashion_mnist.get_config(variant)
-  regimes.apply_jem(c)
-  return c
+  return fashion_mnist.get_config(variant, regime=regimes.apply_jem)

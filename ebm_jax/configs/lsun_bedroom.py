@@ -3,6 +3,11 @@
 from ebm_jax.configs import celebahq, default
 
 
+def _tiny(c) -> None:
+  celebahq.tiny(c)
+  c.loss.kl_samples = 4
+
+
 def get_config(variant: str = ""):
   c = celebahq.get_config()
   c.data.name = "lsun_bedroom"
@@ -12,8 +17,4 @@ def get_config(variant: str = ""):
   c.sample.num_blocks = 10  # ref §5.2: 10 x (20 + aug), then 80 steps
   c.sample.block_steps = 20
   c.sample.final_steps = 80
-  default.finish(c, variant)
-  if "tiny" in default.parse_variant(variant):
-    c.data.image_size = 64
-    c.loss.kl_samples = 4
-  return c
+  return default.finish(c, variant, tiny=_tiny)

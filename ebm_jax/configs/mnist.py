@@ -2,7 +2,7 @@
 published MNIST hyper-parameters (their issue #17); these are the CIFAR-10 ones with the
 augmentations that make sense for digits (no flip, no colour)."""
 
-from ebm_jax.configs import default, regimes
+from ebm_jax.configs import default, fashion_mnist, regimes
 
 VARIANTS = ("elastic",)  # elastic-deformation transitions at train and test time (critique §6.3)
 
@@ -25,7 +25,4 @@ def get_config(variant: str = ""):
   tokens = default.parse_variant(variant, VARIANTS)
   if "elastic" in tokens:
     regimes.apply_elastic(c)
-  default.finish(c, variant, VARIANTS)
-  if "tiny" in tokens:
-    c.loss.kl_samples = 4
-  return c
+  return default.finish(c, variant, VARIANTS, tiny=fashion_mnist.tiny_kl)

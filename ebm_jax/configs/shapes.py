@@ -9,6 +9,10 @@ from ebm_jax.configs import default
 ATTRIBUTES = ("shape", "color", "size", "position")
 
 
+def _small(c) -> None:
+  c.data.image_size = 16
+
+
 def get_config(variant: str = ""):
   tokens = default.parse_variant(variant, ATTRIBUTES + ("cpu",))
   attributes = [t for t in tokens if t not in ("tiny", "cpu")] or ["shape"]
@@ -27,7 +31,4 @@ def get_config(variant: str = ""):
   c.augment.blur_kernel = 5
   c.train.batch_size = 64
   c.train.num_steps = 20_000
-  default.finish(c, variant, ATTRIBUTES + ("cpu",))  # `:cpu` is default.apply_cpu
-  if "cpu" in tokens or "tiny" in tokens:
-    c.data.image_size = 16
-  return c
+  return default.finish(c, variant, ATTRIBUTES + ("cpu",), cpu=_small, tiny=_small)

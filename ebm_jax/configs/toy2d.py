@@ -11,6 +11,13 @@ from ebm_jax.configs import default
 DENSITIES = ("8gaussians", "rings", "checkerboard", "two_moons")
 
 
+def _tiny(c) -> None:
+  c.model.mlp_hidden = (16, 16)
+  c.sample.num = 64
+  c.sample.batch_size = 64
+  c.sample.final_steps = 5
+
+
 def get_config(variant: str = ""):
   tokens = default.parse_variant(variant, DENSITIES)
   names = [t for t in tokens if t != "tiny"] or ["8gaussians"]
@@ -36,10 +43,4 @@ def get_config(variant: str = ""):
   c.train.batch_size = 256
   c.train.num_steps = 5000
   c.train.log_every = 100
-  default.finish(c, variant, DENSITIES)
-  if "tiny" in tokens:
-    c.model.mlp_hidden = (16, 16)
-    c.sample.num = 64
-    c.sample.batch_size = 64
-    c.sample.final_steps = 5
-  return c
+  return default.finish(c, variant, DENSITIES, tiny=_tiny)

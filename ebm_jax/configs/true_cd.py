@@ -17,21 +17,20 @@ def get_config(variant: str = ""):
   if "right_kl" in tokens and "paper_kl" in tokens:
     raise ValueError("choose one of right_kl and paper_kl")
   size = ",".join(t for t in tokens if t in ("cpu", "tiny"))
+
+  def regime(c) -> None:
+    if "shortrun" in tokens:
+      regimes.apply_short_run(c)
+    else:
+      regimes.apply_true_cd(c)
+    for form in ("right", "paper"):
+      if f"{form}_kl" in tokens:
+        regimes.apply_kl(c, form)
+    if "elastic" in tokens:
+      regimes.apply_elastic(c)
+
   if "digits" in tokens:
     if "cpu" in tokens:
       raise ValueError("the digits config is already CPU-sized; drop `cpu`")
-    c = digits.get_config(size)
-  else:
-    c = fashion_mnist.get_config(size)
-  if "shortrun" in tokens:
-    regimes.apply_short_run(c)
-  else:
-    regimes.apply_true_cd(c)
-  for form in ("right", "paper"):
-    if f"{form}_kl" in tokens:
-      regimes.apply_kl(c, form)
-  if "elastic" in tokens:
-    regimes.apply_elastic(c)
-  if "tiny" in tokens:
-    default.apply_tiny(c)  # chain, buffer and sampler back to test size
-  return c
+    return digits.get_config(size, regime=regime)
+  return fashion_mnist.get_config(size, regime=regime)

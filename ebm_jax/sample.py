@@ -42,6 +42,8 @@ def _check_flags() -> None:
       raise UserError(f"--{name}={value} must be positive")
   if FLAGS.step_size is not None and FLAGS.step_size <= 0:
     raise UserError(f"--step_size={FLAGS.step_size} must be > 0")
+  if FLAGS.label < -1:
+    raise UserError(f"--label={FLAGS.label}: a class index, or -1 to cycle through the classes")
 
 
 def run(argv) -> None:

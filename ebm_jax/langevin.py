@@ -174,25 +174,18 @@ def run_chain(kernel, key: jax.Array, x0: jax.Array, num_steps: int,
   return jax.lax.scan(body, init(x0), (jnp.arange(num_steps), sigmas), unroll=unroll)
 
 
-def run_test_chain(kernel, transition: Callable[[jax.Array, jax.Array], jax.Array] | None,
-                   key: jax.Array, x0: jax.Array, *, num_blocks: int, block_steps: int,
-                   final_steps: int, noise_scale: float):
-  """Test-time sampling (paper §2.3, ref §5): `num_blocks` × (block_steps Langevin steps, then
-  one augmentation transition of the whole batch), then `final_steps` plain steps.
-
-  `transition(key, x_batch) -> x_batch` is the batched augmentation (None: no augmentation).
-  Returns (final samples, infos with leading axis num_blocks·block_steps + final_steps).
-  """
-  block_key, final_key = jax.random.split(key)
-
-  def block(x, i):
-    k_chain, k_aug = jax.random.split(jax.random.fold_in(block_key, i))
-    state, info = run_chain(kernel, k_chain, x, block_steps, noise_scale)
-    x = state.x if transition is None else transition(k_aug, state.x)
-    return x, info
-
-  x, block_infos = jax.lax.scan(block, x0, jnp.arange(num_blocks))
-  block_infos = jax.tree.map(lambda a: a.reshape((-1,) + a.shape[2:]), block_infos)
-  state, final_infos = run_chain(kernel, final_key, x, final_steps, noise_scale)
-  infos = jax.tree.map(lambda a, b: jnp.concatenate([a, b]), block_infos, final_infos)
-  return state.x, infos
+def test_chain_segments(num_blocks: int, block_steps: int,
+                        final_steps: int) -> list[tuple[int, bool]]:
+  """The test-time chain (paper §2.3, docs/reference.md §5) as segments (steps, transition
+  after): num_blocks × (block_steps Langevin steps, then one augmentation transition of the
+  batch), then final_steps plain steps in pieces of at most block_steps. The sampler compiles
+  one program per distinct segment and runs them in turn: XLA:CPU runs a fully unrolled
+  segment about 5× faster than the same steps in a rolled loop (benchmarks/README.md), and
+  unrolling all of a 240-step chain would take minutes to compile."""
+  segments = [(block_steps, True)] * num_blocks if block_steps else []
+  piece = block_steps or final_steps
+  done = 0
+  while done < final_steps:
+    segments.append((min(piece, final_steps - done), False))
+    done += segments[-1][0]
+  return segments

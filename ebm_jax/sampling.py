@@ -89,17 +89,35 @@ class Sampler:
                transition: Transition | None = None, batch_size: int = 64):
     self.settings, self.shape, self.batch_size = settings, tuple(shape), int(batch_size)
 
-    @jax.jit
-    def run(variables, key, x, y):
+    self.segments = langevin.test_chain_segments(settings.num_blocks, settings.block_steps,
+                                                 settings.final_steps)
+
+    @functools.partial(jax.jit, static_argnums=(4, 5))
+    def segment(variables, key, x, y, steps: int, transition_after: bool):
       kernel = langevin.build_kernel(lambda v: energy_fn(variables, v, y), settings.step_size,
                                      settings.grad_clip,
                                      langevin.box(settings.clip_x), settings.sampler)
-      return langevin.run_test_chain(
-          kernel, transition if settings.num_blocks else None, key, x,
-          num_blocks=settings.num_blocks, block_steps=settings.block_steps,
-          final_steps=settings.final_steps, noise_scale=settings.noise_scale)
+      k_chain, k_aug = jax.random.split(key)
+      state, info = langevin.run_chain(kernel, k_chain, x, steps, settings.noise_scale,
+                                       unroll=langevin.resolve_unroll(0, steps))
+      x = state.x
+      if transition_after and transition is not None:
+        x = transition(k_aug, x)
+      return x, info
 
-    self._run = run
+    self._segment = segment
+
+  def _run(self, variables, key: jax.Array, x: jax.Array, y):
+    """The whole test-time chain from x: its segments in turn, infos concatenated."""
+    infos = []
+    for i, (steps, transition_after) in enumerate(self.segments):
+      x, info = self._segment(variables, jax.random.fold_in(key, i), x, y, steps,
+                              transition_after)
+      infos.append(info)
+    if not infos:
+      return x, langevin.LangevinInfo(*(jnp.zeros((0, x.shape[0])),) * len(
+          langevin.LangevinInfo._fields))
+    return x, jax.tree.map(lambda *a: jnp.concatenate(a), *infos)
 
   def starts(self, key: jax.Array, num: int, labels: np.ndarray | None):
     """Uniform-noise starts and labels in batches (the last padded to the batch size)."""

@@ -6,7 +6,7 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from ebm_jax import langevin
+from ebm_jax import langevin, sampling
 
 
 def gaussian_energy(mu, s):
@@ -93,13 +93,19 @@ def test_row_noise_is_prefix_stable():
 
 
 def test_test_time_chain_applies_a_transition_after_each_block():
-  flat = lambda z: jnp.zeros((z.shape[0], 1))  # zero gradient: only transitions move x
-  kernel = langevin.build_kernel(flat, 1.0, x_range=None)
-  calls = lambda key, x: x + 1.0
-  x, infos = langevin.run_test_chain(kernel, calls, jax.random.key(0), jnp.zeros((2, 3)),
-                                     num_blocks=4, block_steps=3, final_steps=5,
-                                     noise_scale=0.0)
-  np.testing.assert_allclose(x, 4.0)
+  """num_blocks transitions, none after the final steps; the final steps run in pieces of at
+  most block_steps (one compiled program per distinct piece)."""
+  assert langevin.test_chain_segments(4, 3, 5) == [(3, True)] * 4 + [(3, False), (2, False)]
+  assert langevin.test_chain_segments(0, 20, 40) == [(20, False), (20, False)]
+  assert langevin.test_chain_segments(2, 0, 7) == [(7, False)]
+  assert langevin.test_chain_segments(0, 20, 0) == []
+  flat = lambda variables, z, y: jnp.zeros((z.shape[0], 1))  # only transitions move x
+  settings = sampling.ChainSettings(num_blocks=4, block_steps=3, final_steps=5, step_size=1.0,
+                                    noise_scale=0.0, clip_x=False)
+  sampler = sampling.Sampler(flat, settings, (3,), transition=lambda key, x: x + 1.0)
+  xs = [jnp.zeros((2, 3))]
+  (infos,) = sampler.continue_chains(None, jax.random.key(0), xs, [None])
+  np.testing.assert_allclose(xs[0], 4.0)
   assert infos.energy.shape == (4 * 3 + 5, 2)
 
 

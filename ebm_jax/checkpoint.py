@@ -11,6 +11,7 @@ so a sampler restores `ema` and `config` from a read-only manager without touchi
 
 import dataclasses
 import os
+import signal
 import time
 from typing import Any
 
@@ -94,9 +95,18 @@ class Checkpointer:
   def latest_step(self) -> int | None:
     return self.manager.latest_step()
 
-  def save(self, step: int, state) -> None:
+  def save(self, step: int, state, *, kill_before_commit: bool = False) -> None:
+    """Starts an asynchronous save of `state` (and its EMA item and config) as `step`.
+    kill_before_commit (fault injection, debug.kill_in_save_at_step): the process SIGKILLs
+    itself inside this save's background write, after its arrays are written and before the
+    checkpoint directory is committed, so the kill lands mid-write every time."""
     if step in self.manager.all_steps():
       return
+    if kill_before_commit:
+      def finalize(handler, directory):  # runs in orbax's writer thread, before the commit
+        del handler, directory
+        os.kill(os.getpid(), signal.SIGKILL)
+      ocp.CompositeCheckpointHandler.finalize = finalize
     self.manager.save(step, args=ocp.args.Composite(
         state=ocp.args.StandardSave(state),
         ema=ocp.args.StandardSave({"params": state.ema_params,

@@ -49,7 +49,7 @@ class Recovery:
           f"last good checkpoint is step {last_good} in {directory}.", trip_step, what)
     if len(self.trips) > self.cfg.max_recoveries:
       raise DivergenceError(
-          f"{what} at step {trip_step}, the {len(self.trips)}th divergence within "
+          f"{what} at step {trip_step}: {len(self.trips)} divergences within "
           f"guard.window={self.cfg.window} steps (guard.max_recoveries="
           f"{self.cfg.max_recoveries}); giving up. The last good checkpoint is step {last_good} "
           f"in {directory}. Lower optim.learning_rate or langevin.step_size, set "

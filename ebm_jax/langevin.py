@@ -179,9 +179,10 @@ def test_chain_segments(num_blocks: int, block_steps: int,
   """The test-time chain (paper §2.3, docs/reference.md §5) as segments (steps, transition
   after): num_blocks × (block_steps Langevin steps, then one augmentation transition of the
   batch), then final_steps plain steps in pieces of at most block_steps. The sampler compiles
-  one program per distinct segment and runs them in turn: XLA:CPU runs a fully unrolled
-  segment about 5× faster than the same steps in a rolled loop (benchmarks/README.md), and
-  unrolling all of a 240-step chain would take minutes to compile."""
+  one program per distinct segment length and runs the segments in turn: XLA:CPU ran a fully
+  unrolled 20-step segment 5.4× faster than the same steps in a rolled loop (fashion_mnist:cpu
+  net, 256 chains: 13.4 s against 72 s), and unrolling all of a 240-step chain would take
+  minutes to compile."""
   segments = [(block_steps, True)] * num_blocks if block_steps else []
   piece = block_steps or final_steps
   done = 0

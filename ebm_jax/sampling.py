@@ -92,8 +92,10 @@ class Sampler:
     self.segments = langevin.test_chain_segments(settings.num_blocks, settings.block_steps,
                                                  settings.final_steps)
 
-    @functools.partial(jax.jit, static_argnums=(4, 5))
-    def segment(variables, key, x, y, steps: int, transition_after: bool):
+    # One program per segment length (the transition is switched by a traced flag), so a
+    # chain of blocks and final pieces of the same length compiles once.
+    @functools.partial(jax.jit, static_argnums=(4,))
+    def segment(variables, key, x, y, steps: int, transition_after: jax.Array):
       kernel = langevin.build_kernel(lambda v: energy_fn(variables, v, y), settings.step_size,
                                      settings.grad_clip,
                                      langevin.box(settings.clip_x), settings.sampler)
@@ -101,8 +103,8 @@ class Sampler:
       state, info = langevin.run_chain(kernel, k_chain, x, steps, settings.noise_scale,
                                        unroll=langevin.resolve_unroll(0, steps))
       x = state.x
-      if transition_after and transition is not None:
-        x = transition(k_aug, x)
+      if transition is not None:
+        x = jax.lax.cond(transition_after, lambda z: transition(k_aug, z), lambda z: z, x)
       return x, info
 
     self._segment = segment
@@ -112,7 +114,7 @@ class Sampler:
     infos = []
     for i, (steps, transition_after) in enumerate(self.segments):
       x, info = self._segment(variables, jax.random.fold_in(key, i), x, y, steps,
-                              transition_after)
+                              jnp.asarray(transition_after))
       infos.append(info)
     if not infos:
       return x, langevin.LangevinInfo(*(jnp.zeros((0, x.shape[0])),) * len(

@@ -98,10 +98,10 @@ def make_negative_phase(config: ml_collections.ConfigDict, model, info: data_lib
     (k_deq, k_draw, k_aug, k_restart, k_noise, k_chain, k_add, k_refs,
      k_refs_aug) = jax.random.split(key, 9)
     x_pos = dequantize(k_deq, batch["image"], info.levels)
-    if inject_at > 0:  # fault injection for tests (debug.*): a NaN data batch at one step
+    if inject_at > 0:  # fault injection for tests (debug.*): a NaN (or huge) batch at one step
       inject = ((state.step + 1 == inject_at)
                 & (state.recoveries < config.debug.inject_nan_times))
-      x_pos = jnp.where(inject, jnp.nan, x_pos)
+      x_pos = jnp.where(inject, config.debug.inject_value, x_pos)
     y = batch["label"] if conditional else None
 
     model_state = state.model_state

@@ -298,7 +298,8 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str, devices=
         if quality is not None and should_run(step, tc.eval_every, tc.num_steps):
           _log_quality(quality, writer, step, state)
         if ckpt_now:  # only reached with a clean guard: every checkpoint is a good one
-          ckpt.save(step, state)
+          ckpt.save(step, state,
+                    kill_before_commit=step == config.debug.kill_in_save_at_step)
           last_saved = step
         if stop.requested:
           break

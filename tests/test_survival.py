@@ -95,14 +95,29 @@ def test_guard_update_counts_consecutive_steps_and_keeps_the_first_cause():
   assert (int(g.cause), int(g.trip_step)) == (state_lib.GUARD_NONFINITE, 7)
 
 
-def test_injected_nan_rolls_back_once_and_the_run_finishes(tmp_path, uninterrupted):
-  cfg = _config(debug__inject_nan_at_step=4)
+def test_guard_window_forgets_old_divergences():
+  """guard.max_recoveries counts only the trips within guard.window steps of the newest."""
+  cfg = _config(guard__max_recoveries=1, guard__window=10).guard
+  spaced = guard.Recovery(cfg)
+  for trip in (5, 20, 35):  # 15 steps apart: each alone in its window
+    spaced.check(state_lib.GUARD_ENERGY, trip, trip - 1, "ckpts")
+  close = guard.Recovery(cfg)
+  close.check(state_lib.GUARD_ENERGY, 5, 4, "ckpts")
+  with pytest.raises(errors.DivergenceError, match="2 divergences within guard.window=10"):
+    close.check(state_lib.GUARD_ENERGY, 12, 11, "ckpts")
+
+
+def test_energy_bound_trip_rolls_back_once_and_the_run_finishes(tmp_path, uninterrupted):
+  """A finite but huge data batch at step 4 (|E⁺| far above guard.max_abs_energy) trips the
+  energy bound, not the NaN check; the loop rolls back to step 2 and finishes the run."""
+  cfg = _config(debug__inject_nan_at_step=4, debug__inject_value=1e6)
   state = train.train_and_evaluate(cfg, str(tmp_path))
   assert int(state.step) == NUM_STEPS and int(state.recoveries) == 1
   rows = read_jsonl(os.path.join(tmp_path, METRICS_FILE))
   events = [r for r in rows if "event" in r]
   assert len(events) == 1
-  assert events[0]["event"] == "rollback" and "non-finite" in events[0]["cause"]
+  assert events[0]["event"] == "rollback", events
+  assert events[0]["cause"] == state_lib.GUARD_CAUSES[state_lib.GUARD_ENERGY], events
   assert (events[0]["trip_step"], events[0]["resumed_from_step"]) == (4, 2)
   # the scalar rows read as one run, every value finite
   assert _scalar_steps(tmp_path) == list(range(1, NUM_STEPS + 1))
@@ -159,12 +174,18 @@ def test_signal_checkpoints_exits_zero_and_resume_is_exact(signal_name, tmp_path
 
 
 @pytest.mark.slow  # two training processes
-def test_sigkill_resumes_from_the_last_checkpoint(tmp_path, uninterrupted):
-  code, _ = _main(tmp_path, *_flags(debug__signal_at_step=5, debug__signal="KILL"))
+def test_sigkill_during_a_checkpoint_write_resumes_from_the_last_complete_one(
+    tmp_path, uninterrupted):
+  """The kill lands inside the asynchronous write of step 4's checkpoint (after its arrays,
+  before the commit: debug.kill_in_save_at_step), every time; the rerun resumes from step 2,
+  the last complete checkpoint, and ends where an uninterrupted run ends."""
+  code, _ = _main(tmp_path, *_flags(debug__kill_in_save_at_step=4))
   assert code == -9
+  left = os.listdir(tmp_path / "checkpoints")
+  assert "2" in left and "4" not in left, left  # step 4 was never committed
   code, out = _main(tmp_path)
   assert code == 0, out[-3000:]
-  assert "Resumed from step 4" in out  # the latest complete checkpoint (the hook waits for it)
+  assert "Resumed from step 2" in out, out[-3000:]
   _assert_same_state(_final_state(str(tmp_path)), uninterrupted)
   assert _scalar_steps(tmp_path) == list(range(1, NUM_STEPS + 1))
 

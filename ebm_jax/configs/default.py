@@ -171,10 +171,12 @@ def get_config(variant: str = "") -> ml_collections.ConfigDict:
 
   # ---------------------------------------------------------------- fault injection (tests)
   c.debug = ml_collections.ConfigDict()
-  c.debug.inject_nan_at_step = 0  # step whose data batch is made NaN (0 = never)
+  c.debug.inject_nan_at_step = 0  # step whose data batch is replaced by inject_value (0 = never)
   c.debug.inject_nan_times = 1  # ... while fewer than this many rollbacks have happened
+  c.debug.inject_value = float("nan")  # NaN: a non-finite trip; e.g. 1e6: an energy-bound trip
   c.debug.signal_at_step = 0  # after dispatching this step, the process signals itself (0 = never)
   c.debug.signal = "TERM"  # TERM, INT or KILL
+  c.debug.kill_in_save_at_step = 0  # SIGKILL inside this step's checkpoint write (0 = never)
 
   # ---------------------------------------------------------------- test-time sampling
   c.sample = ml_collections.ConfigDict()
@@ -225,7 +227,10 @@ def finish(c: ml_collections.ConfigDict, variant: str, known: tuple[str, ...] = 
 
 def apply_cpu(c: ml_collections.ConfigDict) -> None:
   """A run that fits a CPU session (minutes, not days): the digits quickstart's measured
-  settings (F=16, K=10, λ=5, Adam 1e-3, EMA 0.99, B=32) for 1,500 steps."""
+  settings (F=16, K=10, λ=5, Adam 1e-3, EMA 0.99, B=32) for 1,500 steps. λ = 5 was measured at
+  8×8; ∇ₓE per pixel shrinks with the pixel count (the energy is a spatial mean), so larger
+  images need a larger λ: Fashion-MNIST's `:cpu` measures λ = 60 at 28×28
+  (docs/fashion_mnist_recipe.md)."""
   c.model.features = 16
   c.langevin.num_steps = 10
   c.langevin.step_size = 5.0

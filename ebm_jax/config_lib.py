@@ -99,6 +99,10 @@ def validate(config: ml_collections.ConfigDict, num_devices: int = 1) -> None:
     check(lv.noise_scale > 0 and not lv.anneal_noise, "langevin.noise_scale",
           "MALA needs a constant noise_scale > 0 (its target temperature is sigma^2 / (2 lambda));"
           " set langevin.anneal_noise=False")
+    check(not config.loss.kl_all_steps, "loss.kl_all_steps",
+          "cannot be used with langevin.sampler='mala': differentiating the chain through MALA's "
+          "accept/reject drops the dependence of the acceptance on the parameters; use "
+          "langevin.sampler='ula' or loss.kl_all_steps=False")
   check(lv.unroll >= 0, "langevin.unroll", "must be >= 0 (steps per loop iteration; 0 = auto)")
   check(0 <= lo.kl_samples <= t.batch_size, "loss.kl_samples",
         f"must be between 0 (whole batch) and train.batch_size ({t.batch_size})")

@@ -72,6 +72,8 @@ def test_main_rejects_bad_configs_before_touching_the_workdir(tmp_path):
       (["--config.eval.num=1"], "eval.num"),
       (["--config.augment.blur_kernel=4"], "augment.blur_kernel"),
       (["--config.guard.lr_factor=0"], "guard.lr_factor"),
+      (["--config.langevin.sampler=mala", "--config.loss.kl_all_steps=True"],
+       "loss.kl_all_steps"),
   ]
   argvs = [[TINY, *args, f"--workdir={tmp_path}/w{i}"] for i, (args, _) in enumerate(cases)]
   argvs.append([TINY])  # no --workdir

@@ -63,3 +63,17 @@ def test_scaling_benchmark_fits_exponents_and_reports_memory(tmp_path):
   # small fraction of one
   for case, mib in result["nn_search_temp_mib"].items():
     assert mib < 0.1 * result["nn_search_n_m_d_tensor_mib"][case], case
+
+
+def test_sampler_benchmark_times_rolled_and_unrolled_segments(tmp_path):
+  out = tmp_path / "sampler.json"
+  proc = subprocess.run(
+      [sys.executable, "-m", "benchmarks.sampler", "--config=configs/digits.py:tiny", "--num=4",
+       "--steps=3", "--unrolls=1,3", "--repeats=2", "--warmup=0", f"--out={out}"],
+      capture_output=True, text=True, timeout=600, cwd=ROOT)
+  assert proc.returncode == 0, proc.stderr[-3000:]
+  result = json.loads(out.read_text())
+  assert set(result["by_unroll"]) == {"1", "3"} and result["chains"] == 4
+  for row in result["by_unroll"].values():
+    t = row["segment_s"]
+    assert t["n"] == 2 and 0 < t["min"] <= t["median"] <= t["max"] and row["compile_s"] > 0

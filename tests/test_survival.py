@@ -108,9 +108,11 @@ def test_guard_window_forgets_old_divergences():
 
 
 def test_energy_bound_trip_rolls_back_once_and_the_run_finishes(tmp_path, uninterrupted):
-  """A finite but huge data batch at step 4 (|E⁺| far above guard.max_abs_energy) trips the
-  energy bound, not the NaN check; the loop rolls back to step 2 and finishes the run."""
-  cfg = _config(debug__inject_nan_at_step=4, debug__inject_value=1e6)
+  """A finite but huge data batch at step 4 trips the energy bound, not the NaN check: the
+  tiny net gives |E⁺| of a few hundred to pixels of 1e6 and below 1 to images, so a bound of
+  100 separates them. The loop rolls back to step 2 and finishes the run."""
+  cfg = _config(debug__inject_nan_at_step=4, debug__inject_value=1e6,
+                guard__max_abs_energy=100.0)
   state = train.train_and_evaluate(cfg, str(tmp_path))
   assert int(state.step) == NUM_STEPS and int(state.recoveries) == 1
   rows = read_jsonl(os.path.join(tmp_path, METRICS_FILE))

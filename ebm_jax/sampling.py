@@ -11,7 +11,7 @@ a chain (`evaluate quality --eval_every`) and the training loop's quality hook.
   x, diagnostics = sampler.draw(key, 64, variables=variables)  # compiled once, reused
 
 energy_fn(variables, x, y) -> (B, S) energies (y: one-hot labels or None). Chains run in
-batches of `batch_size`; the chain runs as segments of unrolled steps (langevin.test_chain_segments),
+batches of `batch_size`, each as segments of unrolled steps (langevin.test_chain_segments):
 one compilation per segment length and Sampler.
 """
 

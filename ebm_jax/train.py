@@ -319,9 +319,13 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str, devices=
     variables = {"params": jax.device_get(state.ema_params),
                  **jax.device_get(state.model_state)}
     num = config.sample.num
-    x, _ = sampling.for_model(config, setup.model, setup.info.shape).draw(
-        jax.random.key(0), num, sampling.default_labels(num, setup.info.num_classes), variables)
-    path = images.save_samples(x, os.path.join(workdir, "samples"), f"step_{int(step)}")
+    labels = sampling.default_labels(num, setup.info.num_classes)
+    x, diag = sampling.for_model(config, setup.model, setup.info.shape).draw(
+        jax.random.key(0), num, labels, variables)
+    extra = {} if labels is None else {"labels": labels.argmax(-1)}
+    path = images.save_samples(x, os.path.join(workdir, "samples"), f"step_{int(step)}",
+                               energy_per_step=diag["energy"], grad_norm_per_step=diag["grad_norm"],
+                               **extra)
     logging.info("Samples from the EMA parameters: %s", path)
   ckpt.close()
   writer.close()

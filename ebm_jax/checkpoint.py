@@ -103,6 +103,10 @@ class Checkpointer:
     if step in self.manager.all_steps():
       return
     if kill_before_commit:
+      # The patch is class-wide: an earlier save still writing in the background would meet
+      # it first (seen under load, where step 2's write was killed instead), so that one is
+      # let finish before the patch goes in.
+      self.manager.wait_until_finished()
       def finalize(handler, directory):  # runs in orbax's writer thread, before the commit
         del handler, directory
         os.kill(os.getpid(), signal.SIGKILL)

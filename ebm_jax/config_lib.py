@@ -130,6 +130,7 @@ def validate(config: ml_collections.ConfigDict, num_devices: int = 1) -> None:
   check(0 < g.lr_factor <= 1, "guard.lr_factor", "must lie in (0, 1]")
   check(d.inject_nan_at_step >= 0, "debug.inject_nan_at_step", "must be >= 0 (0 = never)")
   check(d.signal_at_step >= 0, "debug.signal_at_step", "must be >= 0 (0 = never)")
+  check(d.signal_process >= -1, "debug.signal_process", "must be >= -1 (-1 = every process)")
   check(d.kill_in_save_at_step >= 0, "debug.kill_in_save_at_step", "must be >= 0 (0 = never)")
   check(0 <= config.optim.ema_decay < 1, "optim.ema_decay", "must lie in [0, 1)")
   check(config.optim.learning_rate > 0, "optim.learning_rate", "must be > 0")

@@ -17,7 +17,7 @@ import jax
 from absl import app, flags, logging
 from ml_collections import config_flags
 
-from ebm_jax import cli, config_lib, train
+from ebm_jax import cli, config_lib, distributed, train
 
 FLAGS = flags.FLAGS
 config_flags.DEFINE_config_file("config", None, "Training config file.", lock_config=True)
@@ -29,6 +29,10 @@ flags.DEFINE_string("coordinator_address", None, "HOST:PORT of process 0 (with -
                     "auto-detected on Cloud TPU and Slurm).")
 flags.DEFINE_integer("num_processes", None, "Number of processes (with --distributed).")
 flags.DEFINE_integer("process_id", None, "This process's index (with --distributed).")
+flags.DEFINE_integer("heartbeat_timeout", 100, "Seconds without a heartbeat after which the "
+                     "other processes of a distributed run count a process as lost (with "
+                     "--distributed). ebm_jax's watch stops the others with exit code 4 after "
+                     "half of it; JAX's own check aborts them after all of it.")
 
 
 def distributed_requested() -> bool:
@@ -46,18 +50,7 @@ def init_distributed() -> None:
     if named:
       raise config_lib.UserError(f"{', '.join(named)} only apply with --distributed")
     return
-  if FLAGS.num_processes is not None and FLAGS.num_processes < 1:
-    raise config_lib.UserError(f"--num_processes={FLAGS.num_processes} must be at least 1")
-  if FLAGS.process_id is not None and FLAGS.num_processes is not None and not (
-      0 <= FLAGS.process_id < FLAGS.num_processes):
-    raise config_lib.UserError(f"--process_id={FLAGS.process_id} must lie in [0, "
-                               f"--num_processes={FLAGS.num_processes})")
-  # Collectives between CPU devices of different processes (tests, CPU clusters) need gloo;
-  # the setting does not touch GPU or TPU collectives.
-  jax.config.update("jax_cpu_collectives_implementation", "gloo")
-  jax.distributed.initialize(**{k: v for k, v in given.items() if v is not None})
-  if jax.process_index() != 0:
-    logging.set_verbosity(logging.WARNING)  # one process logs progress
+  distributed.initialize(**given, heartbeat_timeout=FLAGS.heartbeat_timeout)
 
 
 def main(argv) -> None:
@@ -70,6 +63,7 @@ def main(argv) -> None:
     logging.info("JAX %s on %d process(es), devices: %s", jax.__version__,
                  jax.process_count(), jax.devices())
     train.train_and_evaluate(config, FLAGS.workdir)
+    distributed.finished()
 
   cli.run_guarded(run)
 

@@ -188,7 +188,8 @@ def _debug_signal(config: ml_collections.ConfigDict, step: int, state,
   """Fault injection for tests: the process signals itself after a chosen step. Before a
   SIGKILL every checkpoint already started is let finish, so the kill lands at a known point:
   the latest complete checkpoint is the last one written before this step."""
-  if config.debug.signal_at_step and step == config.debug.signal_at_step:
+  if (config.debug.signal_at_step and step == config.debug.signal_at_step
+      and config.debug.signal_process in (-1, jax.process_index())):
     jax.block_until_ready(state)
     if config.debug.signal == "KILL":
       ckpt.wait()

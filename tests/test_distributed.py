@@ -5,6 +5,7 @@ import os
 import socket
 import subprocess
 import sys
+import time
 
 import jax
 import jax.numpy as jnp
@@ -110,3 +111,46 @@ def test_bfloat16_train_step_runs_with_float32_state():
   for leaf in jax.tree.leaves((state.params, state.ema_params, state.opt_state)):
     assert leaf.dtype in (jnp.float32, jnp.int32), leaf.dtype
   assert state.buffer.data.dtype == jnp.uint8
+
+
+@pytest.mark.slow  # four training processes
+def test_a_lost_process_stops_the_other_in_one_line_and_a_rerun_resumes(tmp_path):
+  """Process 1 of 2 is SIGKILLed after step 3 (debug.signal_process); process 0, waiting in a
+  collective that will never finish, must end within a bounded time with exit code 4 and one
+  line naming the lost process (ebm_jax.distributed.PeerWatch), not hang or abort in C++.
+  Rerunning both processes resumes from the last complete checkpoint and finishes."""
+  steps, heartbeat = 6, 20
+  common = ["--config=configs/digits.py:tiny", f"--config.train.num_steps={steps}",
+            "--config.train.checkpoint_every=2", f"--workdir={tmp_path}", "--distributed",
+            "--num_processes=2", f"--heartbeat_timeout={heartbeat}"]
+
+  def launch(extra):
+    port = _free_port()
+    return [subprocess.Popen(
+        [sys.executable, "-m", "ebm_jax.main", *common, *extra,
+         f"--coordinator_address=127.0.0.1:{port}", f"--process_id={i}"],
+        env=_env(2), cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+        for i in range(2)]
+
+  procs = launch(["--config.debug.signal_at_step=3", "--config.debug.signal=KILL",
+                  "--config.debug.signal_process=1"])
+  out1 = procs[1].communicate(timeout=900)[0]
+  killed_at = time.monotonic()
+  out0 = procs[0].communicate(timeout=300)[0]
+  waited = time.monotonic() - killed_at
+  assert procs[1].returncode == -9, out1[-3000:]
+  assert procs[0].returncode == 4, out0[-3000:]
+  # bounded: the watch gives up after heartbeat / 2 of silence (here 10 s), checked every second
+  assert waited < heartbeat, (waited, out0[-3000:])
+  errors = [line for line in out0.splitlines() if line.startswith("error:")]
+  assert len(errors) == 1 and "process 1 of 2" in errors[0] and "rerun" in errors[0], out0[-3000:]
+  assert "Traceback" not in out0 and "Check failure" not in out0, out0[-3000:]
+  assert "step 3/" in out0  # process 0 got past the step process 1 was killed after
+
+  procs = launch([])  # the same command, without the fault, in both processes
+  outs = [p.communicate(timeout=900)[0] for p in procs]
+  assert [p.returncode for p in procs] == [0, 0], outs[0][-3000:] + outs[1][-3000:]
+  assert "Resumed from step 2" in outs[0], outs[0][-3000:]
+  assert f"step {steps}/{steps}" in outs[0]
+  assert [r["step"] for r in read_jsonl(tmp_path / METRICS_FILE)
+          if "step" in r and "event" not in r][-1] == steps

@@ -65,10 +65,12 @@ def test_offline_configs_train_and_checkpoint(name, extra, tmp_path, fashion_mni
 
 # Each compiles a full training step of its net (multiscale with attention; 128² for CelebA-HQ /
 # LSUN): `pytest -m slow`. The default run covers the tfds input paths under mock data
-# (tests/test_data.py) and the offline configs end to end.
+# (tests/test_data.py) and the offline configs end to end. lsun_bedroom is not here: its config
+# is celebahq's (the same 128² net, loss and chain) with another data source, kl_samples = 4 and
+# test-time λ = 1000, and its input path is covered under mock data in tests/test_data.py.
 _SLOW = pytest.mark.slow
 TFDS = [pytest.param("cifar10", "", marks=_SLOW), pytest.param("mnist", "", marks=_SLOW),
-        pytest.param("celebahq", "", marks=_SLOW), pytest.param("lsun_bedroom", "", marks=_SLOW),
+        pytest.param("celebahq", "", marks=_SLOW),
         pytest.param("celeba_attributes", "Smiling", marks=_SLOW)]
 
 

@@ -176,6 +176,7 @@ def get_config(variant: str = "") -> ml_collections.ConfigDict:
   c.debug.inject_value = float("nan")  # NaN: a non-finite trip; e.g. 1e6: an energy-bound trip
   c.debug.signal_at_step = 0  # after dispatching this step, the process signals itself (0 = never)
   c.debug.signal = "TERM"  # TERM, INT or KILL
+  c.debug.signal_process = -1  # the process that signals itself (-1 = every process)
   c.debug.kill_in_save_at_step = 0  # SIGKILL inside this step's checkpoint write (0 = never)
 
   # ---------------------------------------------------------------- test-time sampling

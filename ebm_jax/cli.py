@@ -3,7 +3,8 @@ one line without a traceback. --debug shows the traceback.
 
 Exit codes: 0 done, or stopped by SIGTERM/SIGINT after writing a checkpoint (rerun to continue);
 2 a mistake in flags, config or data (EXIT_USER_ERROR); 3 training diverged more often than
-the divergence guard allows (EXIT_DIVERGED).
+the divergence guard allows (EXIT_DIVERGED); 4 another process of a distributed run was lost
+(ebm_jax.distributed.EXIT_PEER_LOST).
 """
 
 import logging as py_logging
@@ -75,6 +76,24 @@ def define_common_flags(workdir: bool = True) -> None:
     flags.DEFINE_bool("debug", False, "Show tracebacks for user errors.")
   if workdir and "workdir" not in flags.FLAGS:
     flags.DEFINE_string("workdir", None, "Training directory (checkpoints, metrics, samples).")
+
+
+def define_chain_flags() -> None:
+  """The test-time chain's shape, for the commands that sample (sample, evaluate)."""
+  flags.DEFINE_integer("block_steps", None, "Langevin steps between augmentation transitions "
+                       "(default: config.sample.block_steps).")
+  flags.DEFINE_integer("final_steps", None, "Plain Langevin steps at the end of the chain "
+                       "(default: config.sample.final_steps).")
+
+
+def apply_chain_flags(config) -> None:
+  """--block_steps / --final_steps into config.sample (checked: a UserError names the flag)."""
+  for name, least in (("block_steps", 1), ("final_steps", 0)):
+    value = flags.FLAGS[name].value
+    if value is not None and value < least:
+      raise errors.UserError(f"--{name}={value} must be at least {least}")
+    if value is not None:
+      config.sample[name] = value
 
 
 def make_dirs(path: str, what: str) -> None:

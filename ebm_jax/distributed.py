@@ -1,5 +1,6 @@
-"""Several processes on JAX's distributed runtime: start-up, and a watch that ends a process in
-one clear line when another process of the run is lost.
+"""Several processes on JAX's distributed runtime: start-up, a barrier after compiling the
+step (compile_together), and a watch that ends a process in one clear line when another
+process of the run is lost.
 
 Without the watch a lost process is noticed by the coordination service only after its
 heartbeat timeout, and the survivors then abort inside C++ ("Terminating process because the
@@ -12,6 +13,7 @@ already committed are kept; rerunning every process with the same command resume
 latest one.
 """
 
+import contextlib
 import os
 import sys
 import threading
@@ -55,13 +57,41 @@ def initialize(coordinator_address: str | None, num_processes: int | None,
     _watch.start()
 
 
-def finished() -> None:
-  """Tells the other processes that this one ended normally (its silence is no loss), and
-  stops its watch. Called when training returns; harmless without a watch."""
+@contextlib.contextmanager
+def watched():
+  """Runs the body (training) under the peer watch. On a normal end the other processes are
+  told that this one finished (its silence is then no loss). A runtime error in the body, such
+  as gloo's "Connection reset by peer" from a collective whose peer was killed, is held until
+  the watch has had time to decide whether a process was lost: if so the watch ends this
+  process with its one line, otherwise the error propagates. Without a watch: just the body."""
   global _watch
+  try:
+    yield
+  except jax.errors.JaxRuntimeError:
+    if _watch is not None and _watch.is_alive():
+      _watch.join(timeout=_watch.stale_s + 5 * _watch.every_s)  # os._exit inside if lost
+    raise
   if _watch is not None:
     _watch.stop()
     _watch = None
+
+
+def barrier(name: str, timeout_s: int = 3600) -> None:
+  """Every process waits here for the others (the coordination service's barrier: no
+  collective, so no gloo time limit); nothing to do in a single process. `name` must be new
+  for each barrier of a run."""
+  if jax.process_count() > 1:
+    _client().wait_at_barrier(f"ebm_jax/{name}", timeout_in_ms=timeout_s * 1000)
+
+
+def compile_together(jitted, *args, name: str) -> None:
+  """Compiles `jitted` for `args` (its next call reuses the program), then waits for the other
+  processes. gloo gives every process 30 s to reach a new collective, and under load compiling
+  a training step can take one process minutes longer than another ("Gloo context
+  initialization failed: ... timed out", seen in tests on 2 busy cores). One process: nothing."""
+  if jax.process_count() > 1:
+    jitted.lower(*args).compile()
+    barrier(f"compiled-{name}")
 
 
 def _client():
@@ -108,9 +138,10 @@ class PeerWatch(threading.Thread):
                              f"responding (no sign of life for {now - since:.0f} s)")
       self._stopping.wait(self.every_s)
 
-  @staticmethod
-  def _stop_process(what: str) -> None:
-    print(f"error: {what}; this process (process {jax.process_index()}) stops too. Checkpoints "
+  def _stop_process(self, what: str) -> None:
+    # No jax call here: from this thread, while the main thread waits in a collective, even
+    # jax.process_index() can try to initialise the backend again and raise.
+    print(f"error: {what}; this process (process {self.me}) stops too. Checkpoints "
           "already written are kept: rerun every process with the same command to resume from "
           "the latest one.", file=sys.stderr, flush=True)
     os._exit(EXIT_PEER_LOST)  # pylint: disable=protected-access  (a collective may never return)

@@ -1,8 +1,7 @@
 """`python -m ebm_jax.evaluate COMMAND`: the command-line layer over ebm_jax/eval/.
 
   python -m ebm_jax.evaluate classifier --data=fashion_mnist [--data_path=DIR]   # once per dataset
-  python -m ebm_jax.evaluate quality --workdir=runs/fmnist [--num=1000 --steps=...]
-  python -m ebm_jax.evaluate quality --workdir=runs/fmnist --steps=5000 --eval_every=500
+  python -m ebm_jax.evaluate quality --workdir=runs/fmnist [--num=1000 --steps=90 --block_steps=10]
   python -m ebm_jax.evaluate ood --workdir=runs/fmnist [--ood=uniform,flip_v,my_set.npz]
   python -m ebm_jax.evaluate export --workdir=runs/cifar10 --num=50000   # for FID tools
   python -m ebm_jax.evaluate accuracy --workdir=runs/jem                 # JEM's classifier
@@ -28,6 +27,7 @@ COMMANDS = ("classifier", "quality", "ood", "export", "accuracy")
 
 def define_flags() -> None:
   cli.define_common_flags()
+  cli.define_chain_flags()
   flags.DEFINE_integer("step", None, "Checkpoint step (default: latest).")
   flags.DEFINE_integer("num", 1000, "Samples / test images / OOD images to use.")
   flags.DEFINE_integer("steps", None, "Langevin steps of the sampling chain (default: config).")
@@ -89,6 +89,7 @@ def run(argv: list[str]) -> None:
   if command == "classifier":
     return classifier(cache_dir)
   config, info, model, ema, step = restore.load_for_sampling(FLAGS.workdir, FLAGS.step)
+  cli.apply_chain_flags(config)
   head = {"command": command, "workdir": FLAGS.workdir, "step": step}
   if command == "quality":
     net = features.load_classifier(config.data, config.data.attribute, cache_dir)

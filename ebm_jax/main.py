@@ -62,8 +62,8 @@ def main(argv) -> None:
     init_distributed()
     logging.info("JAX %s on %d process(es), devices: %s", jax.__version__,
                  jax.process_count(), jax.devices())
-    train.train_and_evaluate(config, FLAGS.workdir)
-    distributed.finished()
+    with distributed.watched():
+      train.train_and_evaluate(config, FLAGS.workdir)
 
   cli.run_guarded(run)
 

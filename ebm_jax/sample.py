@@ -21,10 +21,10 @@ FLAGS = flags.FLAGS
 
 def define_flags():
   cli.define_common_flags()
+  cli.define_chain_flags()
   flags.DEFINE_integer("num", None, "Number of samples (default: config.sample.num).")
   flags.DEFINE_integer("steps", None, "Total Langevin steps (default: from config.sample).")
   flags.DEFINE_float("step_size", None, "Langevin step size (default: the training one).")
-  flags.DEFINE_integer("block_steps", None, "Steps between augmentation transitions.")
   flags.DEFINE_bool("augment", None, "Augmentation transitions between blocks.")
   flags.DEFINE_integer("label", -1, "Class/attribute index for conditional models "
                        "(-1: cycle through classes).")
@@ -36,7 +36,7 @@ def define_flags():
 def _check_flags() -> None:
   if not FLAGS.workdir:
     raise UserError("--workdir is required")
-  for name in ("num", "steps", "block_steps"):
+  for name in ("num", "steps"):
     value = getattr(FLAGS, name)
     if value is not None and value < (1 if name != "steps" else 0):
       raise UserError(f"--{name}={value} must be positive")
@@ -55,8 +55,7 @@ def run(argv) -> None:
                     + (" (it is unconditional)" if not info.num_classes else ""))
   if FLAGS.step_size is not None:
     config.sample.step_size = FLAGS.step_size
-  if FLAGS.block_steps is not None:
-    config.sample.block_steps = FLAGS.block_steps
+  cli.apply_chain_flags(config)
   num = FLAGS.num or config.sample.num
   labels = sampling.default_labels(num, info.num_classes, FLAGS.label)
   sampler = sampling.for_model(config, model, info.shape, steps=FLAGS.steps,

@@ -23,6 +23,7 @@ from ebm_jax import cli
 from ebm_jax import checkpoint as checkpoint_lib
 from ebm_jax import config_lib
 from ebm_jax import data as data_lib
+from ebm_jax import distributed
 from ebm_jax import guard as guard_lib
 from ebm_jax import images, models, sampling, sharding
 from ebm_jax import state as state_lib
@@ -244,6 +245,8 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str, devices=
       while step < tc.num_steps:
         step += 1
         batch = setup.global_batch(next(stream))
+        if t_start is not None:  # several processes start the step together (distributed.py)
+          distributed.compile_together(setup.step_fn, state, batch, name=f"step-{step}")
         grad_terms = {}
         if should_run(step, tc.log_grad_terms_every, tc.num_steps):
           # Before the step (which donates the state): the decomposition of this very step.

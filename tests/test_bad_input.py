@@ -95,6 +95,7 @@ def test_sample_evaluate_compose_and_ablation_reject_bad_input(digits_workdir, t
       "ebm_jax.sample": [
           ([w, "--steps=-1"], "--steps=-1"),
           ([w, "--block_steps=0"], "--block_steps=0"),
+          ([w, "--final_steps=-1"], "--final_steps=-1"),
           ([w, "--step=7"], "--step=7"),
           ([w, f"--out={blocker}/x"], str(blocker)),
           ([f"--workdir={blocker}"], "no checkpoint"),
@@ -107,6 +108,7 @@ def test_sample_evaluate_compose_and_ablation_reject_bad_input(digits_workdir, t
             for name in sets],
           (["ood", w, "--num=1"], "--num=1"),
           (["quality", w, "--steps=-2"], "--steps=-2"),
+          (["quality", w, "--block_steps=0"], "--block_steps=0"),
           (["quality", w, "--steps=3", "--eval_every=5"], "--eval_every"),
           (["classifier", "--data=digits", "--classifier_steps=0"], "--classifier_steps"),
           (["classifier", "--data=fashion_mnist", "--data_path=/no/such/folder"],

@@ -77,3 +77,35 @@ def test_sampler_benchmark_times_rolled_and_unrolled_segments(tmp_path):
   for row in result["by_unroll"].values():
     t = row["segment_s"]
     assert t["n"] == 2 and 0 < t["min"] <= t["median"] <= t["max"] and row["compile_s"] > 0
+
+
+@pytest.mark.slow  # lowers two tiny training steps for two platforms
+@pytest.mark.parametrize("name", ["cifar10", "celebahq"])
+def test_train_step_exports_for_gpu_and_tpu_without_host_callbacks(name):
+  import importlib  # pylint: disable=import-outside-toplevel
+  import tensorflow_datasets as tfds  # pylint: disable=import-outside-toplevel
+  from benchmarks import export  # pylint: disable=import-outside-toplevel
+  from ebm_jax import train  # pylint: disable=import-outside-toplevel
+  config = importlib.import_module(f"ebm_jax.configs.{name}").get_config("tiny")
+  config.data.download = False
+  with tfds.testing.mock_data(num_examples=16):
+    result = export.export_step(train.Setup(config), ["cuda", "tpu"])
+  assert result["platforms"] == ["cuda", "tpu"] and result["exportable"], result
+  assert result["cpu_only_calls"] == []
+
+
+def test_the_export_check_finds_a_host_callback():
+  """The check above must be able to fail: a step with a host callback is caught."""
+  import jax  # pylint: disable=import-outside-toplevel
+  import numpy as np  # pylint: disable=import-outside-toplevel
+  from benchmarks import export  # pylint: disable=import-outside-toplevel
+
+  def with_callback(x):
+    return jax.pure_callback(np.sin, jax.ShapeDtypeStruct(x.shape, x.dtype), x) + 1.0
+
+  plain = jax.export.export(jax.jit(lambda x: x + 1.0), platforms=("cuda",))(np.ones(3, "float32"))
+  assert export.custom_calls(plain.mlir_module())[1] == []
+  # host callbacks cannot be exported for a platform without a host runtime: lower for cpu
+  called = jax.jit(with_callback).lower(np.ones(3, "float32")).as_text()
+  targets, bad = export.custom_calls(called)
+  assert bad and all("callback" in t for t in bad), targets

@@ -4,6 +4,7 @@ the `evaluate` / `compose` CLIs on a workdir from a tiny training run."""
 
 import json
 import os
+import warnings
 
 import jax
 import jax.numpy as jnp
@@ -46,6 +47,19 @@ def test_frechet_distance_of_non_commuting_covariances_matches_the_2x2_closed_fo
   expected = np.trace(a) + np.trace(b) - 2 * np.sqrt(np.trace(ab) + 2 * np.sqrt(np.linalg.det(ab)))
   assert stats.frechet_distance(np.zeros(2), a, np.zeros(2), b) == pytest.approx(expected,
                                                                                     rel=1e-8)
+
+
+def test_frechet_distance_of_singular_covariances_matches_the_rank_one_closed_form():
+  # Σ₁ = uuᵀ, Σ₂ = wwᵀ in 5-D (rank 1, not commuting): Σ₁Σ₂ = (u·w) u wᵀ has the one non-zero
+  # eigenvalue (u·w)², so tr (Σ₁Σ₂)^½ = |u·w|. Exact, and without scipy's singular-matrix
+  # warning (a feature that never fires makes a singular covariance; issue: bad input).
+  rng = np.random.default_rng(3)
+  u, w = rng.normal(size=5), rng.normal(size=5)
+  expected = u @ u + w @ w - 2 * abs(u @ w)
+  with warnings.catch_warnings():
+    warnings.simplefilter("error")
+    got = stats.frechet_distance(np.zeros(5), np.outer(u, u), np.zeros(5), np.outer(w, w))
+  assert got == pytest.approx(expected, rel=1e-7, abs=1e-9)
 
 
 def test_frechet_distance_from_samples_converges_to_the_closed_form():

@@ -21,17 +21,20 @@ def gaussian_stats(features: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
 
 def frechet_distance(mu1, sigma1, mu2, sigma2) -> float:
   """‖μ₁ − μ₂‖² + tr(Σ₁ + Σ₂ − 2 (Σ₁Σ₂)^½), the Fréchet (2-Wasserstein²) distance of two
-  Gaussians. The matrix square root is scipy's; its imaginary rounding residue is dropped."""
+  Gaussians. tr (Σ₁Σ₂)^½ is Σᵢ √λᵢ over the eigenvalues of the symmetric PSD matrix
+  Σ₁^½ Σ₂ Σ₁^½ (similar to Σ₁Σ₂), from two symmetric eigendecompositions: exact for singular
+  covariances too (a feature that never fires), where a general matrix square root of Σ₁Σ₂
+  warns "Matrix is singular" and needs a regulariser."""
   import scipy.linalg  # pylint: disable=import-outside-toplevel
   mu1, mu2 = np.atleast_1d(mu1), np.atleast_1d(mu2)
   sigma1, sigma2 = np.atleast_2d(sigma1), np.atleast_2d(sigma2)
-  covmean = scipy.linalg.sqrtm(sigma1 @ sigma2)
-  if not np.isfinite(covmean).all():  # singular product: regularise as FID implementations do
-    offset = np.eye(sigma1.shape[0]) * 1e-6
-    covmean = scipy.linalg.sqrtm((sigma1 + offset) @ (sigma2 + offset))
-  covmean = np.real(covmean)
+  w, v = scipy.linalg.eigh((sigma1 + sigma1.T) / 2)
+  root1 = (v * np.sqrt(np.clip(w, 0, None))) @ v.T
+  inner = root1 @ sigma2 @ root1
+  lam = scipy.linalg.eigvalsh((inner + inner.T) / 2)
+  trace_covmean = float(np.sqrt(np.clip(lam, 0, None)).sum())
   diff = mu1 - mu2
-  return float(diff @ diff + np.trace(sigma1) + np.trace(sigma2) - 2.0 * np.trace(covmean))
+  return float(diff @ diff + np.trace(sigma1) + np.trace(sigma2) - 2.0 * trace_covmean)
 
 
 def class_coverage(predicted: np.ndarray, num_classes: int, min_share: float = 0.01) -> dict:

@@ -1,5 +1,5 @@
 """Fashion-MNIST 28x28 grey from Debian's `dataset-fashion-mnist` IDX files (offline).
-Variants: `:tiny` (tests), `:cpu` (1,500 small steps, for measured runs on a CPU), `:elastic`
+Variants: `:tiny` (tests), `:cpu` (2,000 small steps, for measured runs on a CPU), `:elastic`
 (elastic-deformation transitions at train and test time, critique §6.3).
 
   sudo apt-get install dataset-fashion-mnist   # or --config.data.path=/folder/with/idx/files

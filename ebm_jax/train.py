@@ -2,14 +2,12 @@
 
 The step itself is `ebm_jax.step` (pure, imports nothing of this module); the divergence
 guard's check and rollback policy are `ebm_jax.guard`. This module adds what a run needs around
-them: checkpoints, metrics, preemption, rollbacks and the samples at the end.
+them: checkpoints, metrics, preemption (ebm_jax.signals), rollbacks and the samples at the end.
 """
 
 import functools
 import json
 import os
-import signal
-import threading
 import time
 
 import jax
@@ -25,7 +23,7 @@ from ebm_jax import config_lib
 from ebm_jax import data as data_lib
 from ebm_jax import distributed
 from ebm_jax import guard as guard_lib
-from ebm_jax import images, models, sampling, sharding
+from ebm_jax import images, models, sampling, sharding, signals
 from ebm_jax import state as state_lib
 from ebm_jax.errors import DivergenceError
 from ebm_jax.metrics import MetricWriter
@@ -137,39 +135,6 @@ class Setup:
     return sharding.host_to_global(host_batch, self.mesh)
 
 
-class StopRequest:
-  """SIGTERM / SIGINT handling for preemption: the first signal asks the loop to finish the
-  current step, checkpoint and return; a second SIGINT interrupts at once. Handlers are only
-  installed from the main thread and are restored on exit."""
-
-  SIGNALS = (signal.SIGTERM, signal.SIGINT)
-
-  def __init__(self):
-    self.signum: int | None = None
-    self._previous = {}
-
-  def __enter__(self):
-    if threading.current_thread() is threading.main_thread():
-      self._previous = {s: signal.signal(s, self._handle) for s in self.SIGNALS}
-    return self
-
-  def __exit__(self, *exc):
-    for s, handler in self._previous.items():
-      signal.signal(s, handler)
-
-  def _handle(self, signum, frame):
-    del frame
-    if self.signum is not None and signum == signal.SIGINT:
-      raise KeyboardInterrupt
-    self.signum = signum
-    logging.warning("Received %s: finishing this step, writing a checkpoint, then exiting "
-                    "(rerun the same command to continue).", signal.Signals(signum).name)
-
-  @property
-  def requested(self) -> bool:
-    return self.signum is not None
-
-
 def _rollback(setup: Setup, ckpt: checkpoint_lib.Checkpointer, bad: state_lib.TrainState,
               lr_factor: float) -> state_lib.TrainState:
   """The last good checkpoint (or the initial state) with one more rollback counted."""
@@ -182,19 +147,6 @@ def _rollback(setup: Setup, ckpt: checkpoint_lib.Checkpointer, bad: state_lib.Tr
       recoveries=jax.device_put(bad.recoveries + 1, rep),
       lr_scale=jax.device_put(bad.lr_scale * lr_factor, rep),
       guard=jax.device_put(state_lib.guard_init(), rep))
-
-
-def _debug_signal(config: ml_collections.ConfigDict, step: int, state,
-                  ckpt: checkpoint_lib.Checkpointer) -> None:
-  """Fault injection for tests: the process signals itself after a chosen step. Before a
-  SIGKILL every checkpoint already started is let finish, so the kill lands at a known point:
-  the latest complete checkpoint is the last one written before this step."""
-  if (config.debug.signal_at_step and step == config.debug.signal_at_step
-      and config.debug.signal_process in (-1, jax.process_index())):
-    jax.block_until_ready(state)
-    if config.debug.signal == "KILL":
-      ckpt.wait()
-    os.kill(os.getpid(), getattr(signal, f"SIG{config.debug.signal}"))
 
 
 def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str, devices=None):
@@ -241,7 +193,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str, devices=
   stream = setup.stream(step)
   t_last, s_last, t_start = time.time(), step, time.time()
   try:
-    with StopRequest() as stop:
+    with signals.StopRequest() as stop:
       while step < tc.num_steps:
         step += 1
         batch = setup.global_batch(next(stream))
@@ -253,7 +205,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str, devices=
           grad_terms = {k: float(v) for k, v in
                         jax.device_get(setup.decompose_fn(state, batch)).items()}
         state, metrics, negatives = setup.step_fn(state, batch)
-        _debug_signal(config, step, state, ckpt)
+        signals.debug_signal(config, step, state, ckpt.wait)
         if t_start is not None:
           jax.block_until_ready(metrics)
           logging.info("First step (compilation included) took %.1f s", time.time() - t_start)
@@ -316,7 +268,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str, devices=
   writer.flush()
   if stop.requested:
     logging.warning("Stopped at step %d by %s; checkpoint written. Rerun the same command to "
-                    "continue.", step, signal.Signals(stop.signum).name)
+                    "continue.", step, stop.name)
   elif is_main and tc.num_steps > start:
     # From host copies of the (replicated) EMA parameters: the sampler then runs on this
     # process's devices alone, which a multi-process run needs (only process 0 samples).

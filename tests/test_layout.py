@@ -82,7 +82,7 @@ def test_no_import_cycle_among_ebm_jax_modules():
 def test_no_module_over_350_lines_and_thin_command_lines():
   modules = _modules()
   sizes = {n: sum(1 for _ in open(p, encoding="utf-8")) for n, p in modules.items()}
-  assert not {n: s for n, s in sizes.items() if s > 360}
+  assert not {n: s for n, s in sizes.items() if s > 350}
   thick = {c: sizes[f"ebm_jax.{c}"] for c in CLIS if sizes[f"ebm_jax.{c}"] > 130}
   assert not thick, f"command-line modules should be flags + run over library code: {thick}"
 

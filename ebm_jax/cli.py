@@ -84,14 +84,18 @@ def define_chain_flags() -> None:
                        "(default: config.sample.block_steps).")
   flags.DEFINE_integer("final_steps", None, "Plain Langevin steps at the end of the chain "
                        "(default: config.sample.final_steps).")
+  flags.DEFINE_float("step_size", None, "Langevin step size λ of the chain (default: "
+                     "config.sample.step_size, else the training one).")
 
 
 def apply_chain_flags(config) -> None:
-  """--block_steps / --final_steps into config.sample (checked: a UserError names the flag)."""
-  for name, least in (("block_steps", 1), ("final_steps", 0)):
+  """--block_steps / --final_steps / --step_size into config.sample (checked: a UserError
+  names the flag)."""
+  for name, least in (("block_steps", 1), ("final_steps", 0), ("step_size", 0)):
     value = flags.FLAGS[name].value
-    if value is not None and value < least:
-      raise errors.UserError(f"--{name}={value} must be at least {least}")
+    if value is not None and (value < least or (name == "step_size" and not value > 0)):
+      raise errors.UserError(f"--{name}={value} must be "
+                             + ("positive" if name == "step_size" else f"at least {least}"))
     if value is not None:
       config.sample[name] = value
 

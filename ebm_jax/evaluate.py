@@ -1,7 +1,7 @@
 """`python -m ebm_jax.evaluate COMMAND`: the command-line layer over ebm_jax/eval/.
 
   python -m ebm_jax.evaluate classifier --data=fashion_mnist [--data_path=DIR]   # once per dataset
-  python -m ebm_jax.evaluate quality --workdir=runs/fmnist [--num=1000 --steps=90 --block_steps=10]
+  python -m ebm_jax.evaluate quality --workdir=runs/fmnist [--num=1000 --steps=90 --step_size=60]
   python -m ebm_jax.evaluate ood --workdir=runs/fmnist [--ood=uniform,flip_v,my_set.npz]
   python -m ebm_jax.evaluate export --workdir=runs/cifar10 --num=50000   # for FID tools
   python -m ebm_jax.evaluate accuracy --workdir=runs/jem                 # JEM's classifier

@@ -24,7 +24,6 @@ def define_flags():
   cli.define_chain_flags()
   flags.DEFINE_integer("num", None, "Number of samples (default: config.sample.num).")
   flags.DEFINE_integer("steps", None, "Total Langevin steps (default: from config.sample).")
-  flags.DEFINE_float("step_size", None, "Langevin step size (default: the training one).")
   flags.DEFINE_bool("augment", None, "Augmentation transitions between blocks.")
   flags.DEFINE_integer("label", -1, "Class/attribute index for conditional models "
                        "(-1: cycle through classes).")
@@ -40,8 +39,6 @@ def _check_flags() -> None:
     value = getattr(FLAGS, name)
     if value is not None and value < (1 if name != "steps" else 0):
       raise UserError(f"--{name}={value} must be positive")
-  if FLAGS.step_size is not None and FLAGS.step_size <= 0:
-    raise UserError(f"--step_size={FLAGS.step_size} must be > 0")
   if FLAGS.label < -1:
     raise UserError(f"--label={FLAGS.label}: a class index, or -1 to cycle through the classes")
 
@@ -53,8 +50,6 @@ def run(argv) -> None:
   if FLAGS.label >= max(info.num_classes, 1) or (FLAGS.label >= 0 and not info.num_classes):
     raise UserError(f"--label={FLAGS.label}: the model has {info.num_classes} classes"
                     + (" (it is unconditional)" if not info.num_classes else ""))
-  if FLAGS.step_size is not None:
-    config.sample.step_size = FLAGS.step_size
   cli.apply_chain_flags(config)
   num = FLAGS.num or config.sample.num
   labels = sampling.default_labels(num, info.num_classes, FLAGS.label)

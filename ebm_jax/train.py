@@ -194,6 +194,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str, devices=
   t_last, s_last, t_start = time.time(), step, time.time()
   try:
     with signals.StopRequest() as stop:
+      previous_metrics = None
       while step < tc.num_steps:
         step += 1
         batch = setup.global_batch(next(stream))
@@ -205,6 +206,11 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str, devices=
           grad_terms = {k: float(v) for k, v in
                         jax.device_get(setup.decompose_fn(state, batch)).items()}
         state, metrics, negatives = setup.step_fn(state, batch)
+        # At most one step in flight: without this wait the host dispatches up to log_every
+        # steps ahead of the device, and a SIGTERM then waited for all of them (measured: 91 s
+        # and 95 steps on the Fashion-MNIST CPU run, past a cloud's 30 s grace period).
+        jax.block_until_ready(previous_metrics)
+        previous_metrics = metrics
         signals.debug_signal(config, step, state, ckpt.wait)
         if t_start is not None:
           jax.block_until_ready(metrics)

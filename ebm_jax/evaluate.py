@@ -2,14 +2,13 @@
 
   python -m ebm_jax.evaluate classifier --data=fashion_mnist [--data_path=DIR]   # once per dataset
   python -m ebm_jax.evaluate quality --workdir=runs/fmnist [--num=1000 --steps=90 --step_size=60]
+  python -m ebm_jax.evaluate quality --workdir=runs/fmnist --steps=5000 --eval_every=500
   python -m ebm_jax.evaluate ood --workdir=runs/fmnist [--ood=uniform,flip_v,my_set.npz]
   python -m ebm_jax.evaluate export --workdir=runs/cifar10 --num=50000   # for FID tools
   python -m ebm_jax.evaluate accuracy --workdir=runs/jem                 # JEM's classifier
 
-Sample quality on offline datasets is the Fréchet distance between Gaussians fitted to the
-penultimate-layer features of a small classifier trained on the same data (ebm_jax/eval/
-features.py), plus class coverage; tfds datasets `export` samples for an FID tool. OOD
-detection scores images by −E(x) under the EMA parameters (ebm_jax/eval/ood.py).
+Quality: Fréchet distance of classifier features (eval/features.py, eval/quality.py) and class
+coverage; `export` writes samples for an FID tool; OOD scores images by −E(x) (eval/ood.py).
 """
 
 import json

@@ -84,14 +84,17 @@ def barrier(name: str, timeout_s: int = 3600) -> None:
     _client().wait_at_barrier(f"ebm_jax/{name}", timeout_in_ms=timeout_s * 1000)
 
 
-def compile_together(jitted, *args, name: str) -> None:
-  """Compiles `jitted` for `args` (its next call reuses the program), then waits for the other
-  processes. gloo gives every process 30 s to reach a new collective, and under load compiling
-  a training step can take one process minutes longer than another ("Gloo context
-  initialization failed: ... timed out", seen in tests on 2 busy cores). One process: nothing."""
-  if jax.process_count() > 1:
-    jitted.lower(*args).compile()
-    barrier(f"compiled-{name}")
+def compile_together(jitted, *args, name: str):
+  """Compiles `jitted` for `args`, waits for the other processes, and returns the compiled
+  program for every later call with arguments of the same shapes (calling `jitted` would
+  compile again). gloo gives every process 30 s to reach a new collective, and under load
+  compiling a training step can take one process minutes longer than another ("Gloo context
+  initialization failed: ... timed out", seen in tests on 2 busy cores). One process: `jitted`."""
+  if jax.process_count() == 1:
+    return jitted
+  compiled = jitted.lower(*args).compile()
+  barrier(f"compiled-{name}")
+  return compiled
 
 
 def _client():

@@ -49,7 +49,6 @@ class StopRequest:
     return signal.Signals(self.signum).name if self.signum is not None else ""
 
 
-
 def debug_signal(config: ml_collections.ConfigDict, step: int, state,
                  wait_for_saves: Callable[[], None]) -> None:
   """Fault injection for tests: the process signals itself after a chosen step. Before a

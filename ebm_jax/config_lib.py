@@ -5,7 +5,7 @@ from typing import Any
 import ml_collections
 
 from ebm_jax import buffer as buffer_lib
-from ebm_jax import data, langevin, losses, models
+from ebm_jax import data, langevin, losses, models, state
 from ebm_jax.errors import UserError  # re-exported: config_lib.UserError
 
 
@@ -23,6 +23,8 @@ CHOICES = {
     "buffer.init": buffer_lib.INITS,
     "buffer.storage": buffer_lib.STORAGES,
     "debug.signal": ("TERM", "INT", "KILL"),
+    "optim.name": state.OPTIMIZERS,
+    "optim.schedule": state.SCHEDULES,
 }
 
 
@@ -95,14 +97,19 @@ def validate(config: ml_collections.ConfigDict, num_devices: int = 1) -> None:
   check(lv.step_size > 0, "langevin.step_size", "must be > 0")
   check(lv.noise_scale >= 0, "langevin.noise_scale", "must be >= 0")
   check(lv.grad_clip >= 0, "langevin.grad_clip", "must be >= 0 (0 = off)")
-  if lv.sampler == "mala":
+  if lv.sampler in ("mala", "hmc"):
+    name = lv.sampler.upper()
     check(lv.noise_scale > 0 and not lv.anneal_noise, "langevin.noise_scale",
-          "MALA needs a constant noise_scale > 0 (its target temperature is sigma^2 / (2 lambda));"
-          " set langevin.anneal_noise=False")
+          f"{name} needs a constant noise_scale > 0 (its target temperature is sigma^2 / "
+          "(2 lambda)); set langevin.anneal_noise=False")
     check(not config.loss.kl_all_steps, "loss.kl_all_steps",
-          "cannot be used with langevin.sampler='mala': differentiating the chain through MALA's "
-          "accept/reject drops the dependence of the acceptance on the parameters; use "
-          "langevin.sampler='ula' or loss.kl_all_steps=False")
+          f"cannot be used with langevin.sampler='{lv.sampler}': differentiating the chain "
+          f"through {name}'s accept/reject drops the dependence of the acceptance on the "
+          "parameters; use langevin.sampler='ula' or loss.kl_all_steps=False")
+  if lv.sampler == "hmc":
+    check(lv.grad_clip == 0, "langevin.grad_clip",
+          "must be 0 with langevin.sampler='hmc' (HMC's leapfrog needs the exact gradient)")
+    check(lv.leapfrog_steps >= 1, "langevin.leapfrog_steps", "must be at least 1")
   check(lv.unroll >= 0, "langevin.unroll", "must be >= 0 (steps per loop iteration; 0 = auto)")
   check(0 <= lo.kl_samples <= t.batch_size, "loss.kl_samples",
         f"must be between 0 (whole batch) and train.batch_size ({t.batch_size})")
@@ -134,6 +141,7 @@ def validate(config: ml_collections.ConfigDict, num_devices: int = 1) -> None:
   check(d.kill_in_save_at_step >= 0, "debug.kill_in_save_at_step", "must be >= 0 (0 = never)")
   check(0 <= config.optim.ema_decay < 1, "optim.ema_decay", "must lie in [0, 1)")
   check(config.optim.learning_rate > 0, "optim.learning_rate", "must be > 0")
+  check(0 <= config.optim.final_lr_fraction <= 1, "optim.final_lr_fraction", "must lie in [0, 1]")
   check(config.sample.num >= 1, "sample.num", "must be at least 1")
   check(config.eval.num >= 2, "eval.num", "must be at least 2")
   check(config.eval.classifier_steps >= 1, "eval.classifier_steps", "must be at least 1")

@@ -6,9 +6,11 @@
   python -m ebm_jax.evaluate ood --workdir=runs/fmnist [--ood=uniform,flip_v,my_set.npz]
   python -m ebm_jax.evaluate export --workdir=runs/cifar10 --num=50000   # for FID tools
   python -m ebm_jax.evaluate accuracy --workdir=runs/jem                 # JEM's classifier
+  python -m ebm_jax.evaluate likelihood --workdir=runs/rings [--chains=512 --sampler=hmc]
 
 Quality: Fréchet distance of classifier features (eval/features.py, eval/quality.py) and class
-coverage; `export` writes samples for an FID tool; OOD scores images by −E(x) (eval/ood.py).
+coverage; `export` writes samples for an FID tool; OOD scores images by −E(x) (eval/ood.py);
+`likelihood` estimates log Z by annealed importance sampling (eval/likelihood.py).
 """
 
 import json
@@ -18,10 +20,10 @@ from absl import app, flags
 
 from ebm_jax import cli, images, restore
 from ebm_jax.errors import UserError
-from ebm_jax.eval import features, jem, ood, quality
+from ebm_jax.eval import features, jem, likelihood, ood, quality
 
 FLAGS = flags.FLAGS
-COMMANDS = ("classifier", "quality", "ood", "export", "accuracy")
+COMMANDS = ("classifier", "quality", "ood", "export", "accuracy", "likelihood")
 
 
 def define_flags() -> None:
@@ -35,16 +37,10 @@ def define_flags() -> None:
                        "measure the samples every this many steps (0: only at the end).")
   flags.DEFINE_list("ood", ["uniform", "constant", "interpolation", "flip_v"],
                     f"OOD sets: {', '.join(ood.OOD_SETS)} or paths to .npz files.")
-  flags.DEFINE_string("data", None, f"classifier: dataset ({', '.join(features.DATASETS)}).")
-  flags.DEFINE_string("data_path", "", "classifier: folder of the dataset's files (as "
-                      "data.path; default: the dataset's usual place).")
-  flags.DEFINE_integer("image_size", 0, "classifier: image size (default: the dataset's).")
-  flags.DEFINE_integer("channels", 0, "classifier: channels (default: the dataset's).")
-  flags.DEFINE_string("attribute", "", "classifier: label attribute (shapes: shape, color, "
-                      "size, position).")
-  flags.DEFINE_integer("classifier_steps", 1500, "classifier: optimisation steps.")
+  features.define_flags()
   flags.DEFINE_string("cache_dir", None, "Where feature classifiers are kept "
                       "(default: $EBM_JAX_CACHE or ~/.cache/ebm_jax).")
+  likelihood.define_flags()
   flags.DEFINE_string("out", None, "Also write the JSON result here (export: the folder).")
 
 
@@ -66,16 +62,11 @@ def _check_flags(command: str) -> None:
     raise UserError("--classifier_steps must be >= 1")
   if command != "classifier" and not FLAGS.workdir:
     raise UserError("--workdir is required")
+  if command == "likelihood":
+    likelihood.check_settings(FLAGS.chains, FLAGS.temperatures, FLAGS.ais_step_size,
+                              FLAGS.leapfrog_steps, FLAGS.temperature)
   if command == "ood":  # every set readable before any model work
     ood.check_sets(list(FLAGS.ood))
-
-
-def classifier(cache_dir: str) -> None:
-  cfg = features.data_config(FLAGS.data, FLAGS.data_path, FLAGS.image_size, FLAGS.channels)
-  net = features.train_classifier(cfg, FLAGS.attribute, steps=FLAGS.classifier_steps,
-                                  seed=FLAGS.seed, log=lambda s: print(s, flush=True))
-  path = features.save_classifier(net, cache_dir)
-  print(f"wrote {path}: test accuracy {net.meta['test_accuracy']:.4f}")
 
 
 def run(argv: list[str]) -> None:
@@ -86,7 +77,9 @@ def run(argv: list[str]) -> None:
   _check_flags(command)
   cache_dir = FLAGS.cache_dir or cli.cache_dir()
   if command == "classifier":
-    return classifier(cache_dir)
+    return features.classifier_command(FLAGS.data, FLAGS.data_path, FLAGS.image_size,
+                                       FLAGS.channels, FLAGS.attribute, FLAGS.classifier_steps,
+                                       FLAGS.seed, cache_dir)
   config, info, model, ema, step = restore.load_for_sampling(FLAGS.workdir, FLAGS.step)
   cli.apply_chain_flags(config)
   head = {"command": command, "workdir": FLAGS.workdir, "step": step}
@@ -95,6 +88,11 @@ def run(argv: list[str]) -> None:
     result = quality.evaluate(config, model, ema, info, net, num=FLAGS.num, steps=FLAGS.steps,
                               seed=FLAGS.seed, eval_every=FLAGS.eval_every,
                               log=lambda s: print(s, flush=True))
+  elif command == "likelihood":
+    result = likelihood.evaluate(
+        config, model, ema, info, num=FLAGS.num, chains=FLAGS.chains, sampler=FLAGS.sampler,
+        temperatures=FLAGS.temperatures, step_size=FLAGS.ais_step_size, seed=FLAGS.seed,
+        leapfrog_steps=FLAGS.leapfrog_steps, temperature=FLAGS.temperature)
   elif command == "accuracy":
     result = jem.accuracy(config, model, ema, FLAGS.num, seed=FLAGS.seed)
   elif command == "ood":

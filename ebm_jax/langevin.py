@@ -13,6 +13,14 @@ which leaves exp(−Ē/T) invariant exactly, with T = σ²/(2λ) the temperature
 (T = 1 for textbook Langevin). With clip_x the target is restricted to the box: proposals
 outside it are rejected, never clipped. A MALA step costs two energy gradients.
 
+HMC (`sampler="hmc"`) targets the same exp(−Ē/T), T = σ²/(2λ): each step draws a unit
+momentum and takes `leapfrog_steps` leapfrog steps of size σ on U = Ē/T, then accepts or rejects
+per chain (blackjax.mcmc.hmc: its velocity-Verlet integrator and Metropolis correction, vmapped
+over the batch). With one leapfrog step the proposal is MALA's, x − λ∇Ē + σε; longer
+trajectories move further per accepted step. The box is a hard wall: the target is −∞ outside
+it (the trajectory may cross it, the proposal is rejected if it ends outside). A step costs
+leapfrog_steps + 1 energy gradients.
+
 Nothing here is logged: kernels return (state, info) and chains return the stacked infos.
 Kernels are differentiable functions of the energy's parameters, so the same code serves the
 stop-gradient training chain and the L_opt-through-all-steps ablation (paper A.4).
@@ -20,6 +28,7 @@ stop-gradient training chain and the L_opt-through-all-steps ablation (paper A.4
 
 from typing import Callable, NamedTuple
 
+import blackjax
 import jax
 import jax.numpy as jnp
 
@@ -38,7 +47,7 @@ class LangevinInfo(NamedTuple):
   grad_norm: jax.Array  # (B,) L2 norm of ∇ₓ Ē(x̃), before any clipping (MALA: at x)
   accepted: jax.Array  # (B,) 1.0 where the step was taken (always, for unadjusted Langevin)
 
-SAMPLERS = ("ula", "mala")
+SAMPLERS = ("ula", "mala", "hmc")
 
 
 def box(clip_x: bool) -> "XRange":
@@ -74,11 +83,16 @@ def gradient_step(energy_fn: EnergyFn, x_noised: jax.Array, step_size: float,
 
 
 def build_kernel(energy_fn: EnergyFn, step_size: float, grad_clip: float = 0.0,
-                 x_range: XRange = (0.0, 1.0), sampler: str = "ula"):
+                 x_range: XRange = (0.0, 1.0), sampler: str = "ula", leapfrog_steps: int = 1):
   """Returns kernel(key, state, noise_scale) -> (state, info) for `sampler` ("ula": the
-  reference's unadjusted step; "mala": Metropolis-adjusted, see the module docstring)."""
+  reference's unadjusted step; "mala": Metropolis-adjusted; "hmc": Hamiltonian Monte Carlo with
+  `leapfrog_steps` per proposal; see the module docstring)."""
   if sampler == "mala":
     return build_mala_kernel(energy_fn, step_size, grad_clip, x_range)
+  if sampler == "hmc":
+    if grad_clip > 0:
+      raise ValueError("HMC uses the exact gradient: langevin.grad_clip must be 0")
+    return build_hmc_kernel(energy_fn, step_size, x_range, leapfrog_steps)
   if sampler != "ula":
     raise ValueError(f"langevin.sampler={sampler!r} is not one of {list(SAMPLERS)}")
 
@@ -122,6 +136,41 @@ def build_mala_kernel(energy_fn: EnergyFn, step_size: float, grad_clip: float = 
     x_new = jnp.where(accept.reshape((-1,) + (1,) * (x.ndim - 1)), proposal, x)
     return (LangevinState(x=x_new, x_noised=x),
             LangevinInfo(energy=e_x, grad_norm=grad_norm, accepted=accept.astype(e_x.dtype)))
+
+  return kernel
+
+
+def build_hmc_kernel(energy_fn: EnergyFn, step_size: float, x_range: XRange = (0.0, 1.0),
+                     leapfrog_steps: int = 1):
+  """Hamiltonian Monte Carlo on exp(−Ē/T), T = σ²/(2λ), through blackjax.mcmc.hmc (unit mass,
+  leapfrog step σ). Rows are independent chains: row i uses fold_in(key, i). The state's
+  x_noised is the point the step started from, as for MALA."""
+  hmc = blackjax.mcmc.hmc.build_kernel()
+
+  def kernel(key: jax.Array, state: LangevinState, noise_scale: jax.Array | float):
+    x = state.x
+    shape = x.shape[1:]
+    temperature = jnp.square(noise_scale) / (2.0 * step_size)
+
+    def log_density(flat):  # one chain, flattened
+      z = flat.reshape(shape)
+      value = -energy_fn(z[None]).sum() / temperature
+      if x_range is not None:
+        inside = jnp.all((z >= x_range[0]) & (z <= x_range[1]))
+        value = jnp.where(inside, value, -jnp.inf)
+      return value
+
+    def one_chain(k, flat):
+      start = blackjax.mcmc.hmc.init(flat, log_density)
+      new, info = hmc(k, start, log_density, noise_scale, jnp.ones_like(flat), leapfrog_steps)
+      grad_norm = jnp.sqrt(jnp.sum(jnp.square(start.logdensity_grad))) * temperature
+      return new.position, -start.logdensity * temperature, grad_norm, info.is_accepted
+
+    keys = jax.vmap(lambda i: jax.random.fold_in(key, i))(jnp.arange(x.shape[0]))
+    flat, energy, grad_norm, accepted = jax.vmap(one_chain)(keys, x.reshape(x.shape[0], -1))
+    return (LangevinState(x=flat.reshape(x.shape), x_noised=x),
+            LangevinInfo(energy=energy, grad_norm=grad_norm,
+                         accepted=accepted.astype(energy.dtype)))
 
   return kernel
 

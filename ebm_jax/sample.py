@@ -56,8 +56,9 @@ def run(argv) -> None:
   sampler = sampling.for_model(config, model, info.shape, steps=FLAGS.steps,
                                augment=FLAGS.augment)
   x, diag = sampler.draw(jax.random.key(FLAGS.seed), num, labels, restore.ema_variables(ema))
-  if config.langevin.sampler == "mala":
-    logging.info("MALA acceptance rate %.3f (mean over steps and chains)",
+  if config.langevin.sampler in ("mala", "hmc"):
+    logging.info("%s acceptance rate %.3f (mean over steps and chains)",
+                 config.langevin.sampler.upper(),
                  float(diag["accept_rate"].mean()))
   extra = {} if labels is None else {"labels": labels.argmax(-1)}
   png = images.save_samples(

@@ -41,7 +41,8 @@ class ChainSettings(NamedTuple):
   noise_scale: float  # σ
   grad_clip: float = 0.0  # elementwise clip of ∇ₓE (IGEBM); 0 = off
   clip_x: bool = True  # samples kept in [0, 1]
-  sampler: str = "ula"  # "ula" or "mala"
+  sampler: str = "ula"  # "ula", "mala" or "hmc"
+  leapfrog_steps: int = 1  # hmc only
   noise_range: tuple[float, float] = (0.0, 1.0)  # chains start as U(lo, hi)
 
   @property
@@ -67,6 +68,7 @@ def settings_from_config(config: ml_collections.ConfigDict, *, steps: int | None
                        final_steps=int(final), step_size=float(step_size),
                        noise_scale=float(lc.noise_scale), grad_clip=float(lc.grad_clip),
                        clip_x=bool(lc.clip_x), sampler=str(lc.sampler),
+                       leapfrog_steps=int(lc.leapfrog_steps),
                        noise_range=tuple(float(v) for v in config.buffer.noise_range))
 
 
@@ -99,7 +101,8 @@ class Sampler:
     def segment(variables, key, x, y, steps: int, transition_after: jax.Array):
       kernel = langevin.build_kernel(lambda v: energy_fn(variables, v, y), settings.step_size,
                                      settings.grad_clip,
-                                     langevin.box(settings.clip_x), settings.sampler)
+                                     langevin.box(settings.clip_x), settings.sampler,
+                                     settings.leapfrog_steps)
       k_chain, k_aug = jax.random.split(key)
       state, info = langevin.run_chain(kernel, k_chain, x, steps, settings.noise_scale,
                                        unroll=langevin.resolve_unroll(0, steps))

@@ -42,12 +42,46 @@ class TrainState:
   guard: GuardState
 
 
-def make_optimizer(cfg: ml_collections.ConfigDict) -> optax.GradientTransformation:
-  """Global-norm clip, then Adam (ref §4: clip 0.5, Adam(2e-4, β=(0, 0.9), eps=1e-8))."""
-  adam = optax.adam(cfg.learning_rate, b1=cfg.b1, b2=cfg.b2, eps=cfg.eps)
+OPTIMIZERS = ("adam", "igebm")
+SCHEDULES = ("constant", "cosine")
+
+
+def make_optimizer(cfg: ml_collections.ConfigDict,
+                   num_steps: int = 0) -> optax.GradientTransformation:
+  """Global-norm clip, then Adam (ref §4: clip 0.5, Adam(2e-4, β=(0, 0.9), eps=1e-8)).
+
+  `cfg.schedule='cosine'` decays the learning rate to `cfg.final_lr_fraction` of its value over
+  `num_steps` (optax.cosine_decay_schedule); 'constant' (the reference's) keeps it.
+  `cfg.name='igebm'` is IGEBM's optimiser instead (openai/ebm_code_release, custom_adam.py):
+  Adam after a per-element gradient clip at 3·sqrt(v̂) + 0.1."""
+  lr = cfg.learning_rate
+  if cfg.schedule == "cosine":
+    lr = optax.cosine_decay_schedule(cfg.learning_rate, max(int(num_steps), 1),
+                                     alpha=cfg.final_lr_fraction)
+  if cfg.name == "igebm":
+    opt = optax.chain(_igebm_scale_by_adam(cfg.b1, cfg.b2, cfg.eps),
+                      optax.scale_by_learning_rate(lr))
+  else:
+    opt = optax.adam(lr, b1=cfg.b1, b2=cfg.b2, eps=cfg.eps)
   if cfg.grad_clip_norm > 0:
-    return optax.chain(optax.clip_by_global_norm(cfg.grad_clip_norm), adam)
-  return adam
+    return optax.chain(optax.clip_by_global_norm(cfg.grad_clip_norm), opt)
+  return opt
+
+
+def _igebm_scale_by_adam(b1: float, b2: float, eps: float) -> optax.GradientTransformation:
+  """IGEBM's Adam (openai/ebm_code_release, custom_adam.py, `AdamOptimizer._apply_dense`): each
+  gradient element is clipped to ±(3·sqrt(v/(1 − β₂ᵗ)) + 0.1), v the second moment before this
+  step and t this step's count from 1 ("Clip gradients by 3 std"), then a plain Adam step."""
+  inner = optax.scale_by_adam(b1=b1, b2=b2, eps=eps)
+
+  def update_fn(updates, state, params=None):
+    del params
+    t = state.count.astype(jnp.float32) + 1
+    bound = jax.tree.map(lambda v: 3.0 * jnp.sqrt(v / (1 - b2 ** t)) + 0.1, state.nu)
+    clipped = jax.tree.map(lambda g, c: jnp.clip(g, -c, c), updates, bound)
+    return inner.update(clipped, state)
+
+  return optax.GradientTransformation(inner.init, update_fn)
 
 
 def create(config: ml_collections.ConfigDict, model, shape: tuple[int, ...], num_classes: int,

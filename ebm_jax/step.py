@@ -126,7 +126,8 @@ def make_negative_phase(config: ml_collections.ConfigDict, model, info: data_lib
 
     # 2. K Langevin steps
     kernel = langevin.build_kernel(lambda x: energy(params_sg, model_state, x, y),
-                                   lc.step_size, lc.grad_clip, x_range, lc.sampler)
+                                   lc.step_size, lc.grad_clip, x_range, lc.sampler,
+                                   lc.leapfrog_steps)
     final, infos = langevin.run_chain(kernel, k_chain, x0, lc.num_steps, lc.noise_scale,
                                       lc.anneal_noise,
                                       unroll=langevin.resolve_unroll(lc.unroll, lc.num_steps))

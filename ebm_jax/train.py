@@ -66,7 +66,7 @@ class Setup:
     self.info = data_lib.get_info(config.data)
     self.model = _user_errors(models.make_model, config.model, self.info.shape,
                               self.info.num_classes)
-    self.tx = state_lib.make_optimizer(config.optim)
+    self.tx = state_lib.make_optimizer(config.optim, config.train.num_steps)
     self.init_fn = functools.partial(state_lib.create, config, self.model, self.info.shape,
                                      self.info.num_classes, tx=self.tx)
     self.abstract_state = jax.eval_shape(self.init_fn, jax.random.key(0))

@@ -117,6 +117,9 @@ def test_sample_evaluate_compose_and_ablation_reject_bad_input(digits_workdir, t
            "/no/such/folder"),
           (["export", w, "--num=4", f"--out={blocker}/x"], str(blocker)),
           (["quality", f"--workdir={blocker}"], "no checkpoint"),
+          (["likelihood", w, "--chains=1"], "--chains"),
+          (["likelihood", w, "--ais_step_size=0"], "--ais_step_size"),
+          (["likelihood", w, "--sampler=ula"], "--sampler"),
       ],
       "ebm_jax.compose": [
           ([], "--model"),

@@ -164,3 +164,61 @@ def test_attention_starts_as_identity_and_mixes_positions():
 def test_unsupported_shapes_are_named(name, shape, match):
   with pytest.raises(ValueError, match=match):
     check_input_shape(_model_cfg(name), shape)
+
+
+# ------------------------------------------------------------------- IGEBM's nets (models/igebm.py)
+
+
+@pytest.mark.parametrize("shape,net", [((28, 28, 1), "IGEBMMnist"), ((32, 32, 3), "IGEBMResNet")])
+def test_igebm_nets_follow_the_released_code(shape, net):
+  model = make_model(_model_cfg("igebm", 16, multiscale=False), shape)
+  assert type(model).__name__ == net
+  x = jax.random.uniform(jax.random.key(0), (3,) + shape)
+  v = model.init(jax.random.key(1), x)
+  params = flax.traverse_util.flatten_dict(v["params"], sep="/")
+  spectral = flax.traverse_util.flatten_dict(v[SPECTRAL], sep="/")
+  assert not [k for k in params if "norm" in k.lower() or "scale" in k]  # no normalisation
+  kernels = [k for k in params if k.endswith("kernel")]
+  normed = {k.rsplit("/", 1)[0] for k in spectral}
+  plain = [k for k in kernels if k.rsplit("/", 1)[0] not in normed]
+  assert plain == ["Dense_0/kernel"]  # only the final energy layer is not spectral-normed
+  convs = [k for k in kernels if params[k].ndim == 4]
+  assert not [k.replace("kernel", "bias") for k in convs if k.replace("kernel", "bias") in params]
+  # the blocks' second convs start near zero and are only ever shrunk (w / σ · min(σ, 1))
+  second = [p for p in normed if "SmartResBlock" in p and p.endswith("SNConv_1")]
+  assert len(second) == (6 if net == "IGEBMResNet" else 0)
+  for path in second:
+    assert float(np.abs(np.asarray(params[path + "/kernel"])).max()) < 1e-8
+  e = model.apply(v, x)
+  assert e.shape == (3, 1) and bool(jnp.all(jnp.isfinite(e)))
+
+
+def test_an_igebm_res_block_starts_as_its_shortcut():
+  from ebm_jax.models.igebm import SmartResBlock  # pylint: disable=import-outside-toplevel
+  x = jax.random.normal(jax.random.key(0), (2, 8, 8, 16))
+  block = SmartResBlock(16, downsample=True)
+  v = block.init(jax.random.key(1), x)
+  out = block.apply(v, x)
+  pooled = x.reshape(2, 4, 2, 4, 2, 16).mean(axis=(2, 4))
+  np.testing.assert_allclose(out, jax.nn.leaky_relu(pooled, 0.2), atol=1e-6)
+
+
+def test_igebm_spectral_norm_divides_by_the_top_singular_value_or_only_shrinks():
+  from ebm_jax.models.igebm import SNConv  # pylint: disable=import-outside-toplevel
+  rng = np.random.default_rng(0)
+  q1, _ = np.linalg.qr(rng.normal(size=(6, 6)))
+  q2, _ = np.linalg.qr(rng.normal(size=(4, 4)))
+  x = jnp.asarray(rng.normal(size=(2, 1, 1, 6)), jnp.float32)
+  for top, lower_bound in ((3.0, False), (0.5, False), (3.0, True), (0.5, True)):
+    w = (q1[:, :4] * np.array([top, 0.3, 0.2, 0.1])) @ q2  # singular values top, .3, .2, .1
+    layer = SNConv(4, kernel=1, lower_bound=lower_bound)  # a 1×1 conv: a dense map of channels
+    state = layer.init(jax.random.key(0), x)[SPECTRAL]
+    params = {"kernel": jnp.asarray(w.reshape(1, 1, 6, 4), jnp.float32)}
+    for _ in range(20):  # one power iteration per training forward
+      _, upd = layer.apply({"params": params, SPECTRAL: state}, x, train=True,
+                           mutable=[SPECTRAL])
+      state = upd[SPECTRAL]
+    out = layer.apply({"params": params, SPECTRAL: state}, x)
+    scale = top / min(top, 1.0) if lower_bound else top  # w / σ · min(σ, 1), or w / σ
+    np.testing.assert_allclose(np.asarray(out)[:, 0, 0], np.asarray(x)[:, 0, 0] @ (w / scale),
+                               rtol=1e-4, atol=1e-5)

@@ -16,6 +16,7 @@ import pytest
 from ebm_jax import buffer as buffer_lib
 from ebm_jax import data as data_lib
 from ebm_jax import langevin, losses, models, train
+from ebm_jax import state as state_lib
 from ebm_jax.experiments import ablation_lib as ablation
 
 
@@ -189,6 +190,8 @@ REGIMES = [
     pytest.param("digits", "tiny", {"langevin.sampler": "mala", "langevin.step_size": 1e-4,
                                     "langevin.noise_scale": 0.01}, marks=_SLOW),
     pytest.param("jem_fashion_mnist", "tiny", {}, marks=_SLOW),
+    pytest.param("toy2d", "rings,tiny", {"langevin.sampler": "hmc", "langevin.leapfrog_steps": 3},
+                 marks=_SLOW),
 ]
 
 
@@ -211,7 +214,7 @@ def test_each_regime_trains_a_few_steps(name, variant, overrides, fashion_mnist_
       "true_cd": dict(init="data", data_prob=0.1, restart=0.0),
       "shortrun": dict(restart=1.0, data_prob=0.0),
       "right_kl": dict(kl=True, form="right"), "paper_kl": dict(kl=True, form="paper"),
-      "jem": dict(jem=True, kl=True), "mala": dict(sampler="mala"),
+      "jem": dict(jem=True, kl=True), "mala": dict(sampler="mala"), "hmc": dict(sampler="hmc"),
   }
   actual = dict(conv=cfg.model.conv, kind=cfg.buffer.kind, clip=cfg.langevin.grad_clip,
                 kl=cfg.loss.opt and cfg.loss.ent, augment=cfg.buffer.augment,
@@ -221,7 +224,7 @@ def test_each_regime_trains_a_few_steps(name, variant, overrides, fashion_mnist_
   tags = [t for t in ("igebm", "jem") if t in name] + [
       t for t in ("shortrun", "right_kl", "paper_kl") if t in variant]
   tags += ["true_cd"] if name == "true_cd" and "shortrun" not in variant else []
-  tags += ["mala"] if overrides.get("langevin.sampler") == "mala" else []
+  tags += [overrides["langevin.sampler"]] if "langevin.sampler" in overrides else []
   assert tags or "elastic" in variant, name
   if name == "true_cd" and "_kl" not in variant:
     assert not (cfg.loss.opt or cfg.loss.ent) and not cfg.buffer.augment  # no ICD tricks
@@ -288,3 +291,56 @@ def test_ablation_runner_writes_its_table_and_skips_finished_rows(tmp_path):
   assert proc.returncode == 0, proc.stderr[-3000:]
   row = json.loads((tmp_path / "diverging" / "ablation.json").read_text())["rows"][0]
   assert row["verdict"].startswith("diverged (1/1: energies") and "at step 1" in row["verdict"]
+
+
+# -------------------------------------------------------------------------- IGEBM optimiser
+
+
+def _igebm_adam_numpy(grads, lr, b1, b2, eps):
+  """openai/ebm_code_release custom_adam.py, `_apply_dense`, step by step: the gradient is
+  clipped to ±(3 sqrt(v / (1 − β₂ᵗ)) + 0.1) with v before the step, then TF's apply_adam."""
+  w = np.zeros_like(grads[0]); m = np.zeros_like(w); v = np.zeros_like(w)
+  p1, p2 = b1, b2  # beta1_power, beta2_power start at β (t = 1)
+  out = []
+  for g in grads:
+    bound = 3 * np.sqrt(v / (1 - p2)) + 0.1
+    g = np.clip(g, -bound, bound)
+    lr_t = lr * np.sqrt(1 - p2) / (1 - p1)
+    m = b1 * m + (1 - b1) * g
+    v = b2 * v + (1 - b2) * g * g
+    w = w - lr_t * m / (np.sqrt(v) + eps)
+    p1, p2 = p1 * b1, p2 * b2
+    out.append(w.copy())
+  return out
+
+
+def test_the_igebm_optimiser_is_igebms_clipped_adam():
+  cfg = _config("igebm_fashion_mnist", "tiny").optim
+  assert (cfg.name, cfg.b1, cfg.b2, cfg.grad_clip_norm) == ("igebm", 0.0, 0.999, 0.0)
+  rng = np.random.default_rng(0)
+  # large outliers after small gradients: the 3-sigma clip must act
+  grads = [rng.normal(size=6) * (30.0 if t in (3, 6) else 1.0) for t in range(8)]
+  expected = _igebm_adam_numpy(grads, cfg.learning_rate, cfg.b1, cfg.b2, 1e-12)
+  cfg.eps = 1e-12
+  tx = state_lib.make_optimizer(cfg, 8)
+  w = jnp.zeros(6)
+  opt = tx.init(w)
+  for g, want in zip(grads, expected):
+    u, opt = tx.update(jnp.asarray(g, jnp.float32), opt, w)
+    w = optax.apply_updates(w, u)
+    np.testing.assert_allclose(np.asarray(w), want, rtol=2e-4, atol=1e-9)
+
+
+def test_the_cosine_schedule_decays_the_learning_rate_to_its_final_fraction():
+  cfg = _config("digits", "tiny").optim
+  cfg.schedule, cfg.final_lr_fraction, cfg.grad_clip_norm = "cosine", 0.1, 0.0
+  cfg.b1, cfg.b2 = 0.0, 0.0  # Adam's step is then lr · sign(g)
+  tx = state_lib.make_optimizer(cfg, 10)
+  opt = tx.init(jnp.zeros(1))
+  steps = []
+  for _ in range(11):
+    u, opt = tx.update(jnp.ones(1), opt)
+    steps.append(-float(u[0]))
+  lr = cfg.learning_rate
+  expected = [lr * (0.1 + 0.9 * 0.5 * (1 + np.cos(np.pi * min(t, 10) / 10))) for t in range(11)]
+  np.testing.assert_allclose(steps, expected, rtol=1e-4)

@@ -43,6 +43,7 @@ def _config(kind: str, fashion_dir: str):
     c = importlib.import_module("ebm_jax.configs.igebm_fashion_mnist").get_config("tiny")
     c.buffer.noise_restart_prob = 0.3
     c.langevin.grad_clip = 0.003  # IGEBM's elementwise clip of ∇ₓE, small enough to act here
+    c.optim.name = "adam"  # the oracle's Adam; IGEBM's is checked in tests/test_regimes.py
   elif kind == "jem":
     c = importlib.import_module("ebm_jax.configs.jem_fashion_mnist").get_config("tiny")
     c.buffer.noise_restart_prob = 0.3

@@ -71,7 +71,10 @@ def get_config(variant: str = "") -> ml_collections.ConfigDict:
   c.langevin.grad_clip = 0.0  # elementwise clip of grad_x E (IGEBM proj_norm 0.01); 0 = off, paper §3.1
   # "ula": the reference's unadjusted step; "mala": Metropolis-adjusted (critique §2.3), exact
   # for exp(-E/T) with T = noise_scale^2 / (2 step_size); acceptance rate in the metrics.
+  # "hmc": Hamiltonian Monte Carlo on the same target, leapfrog_steps steps of size sigma per
+  # proposal (blackjax), leapfrog_steps + 1 gradients per step.
   c.langevin.sampler = "ula"
+  c.langevin.leapfrog_steps = 5  # hmc only
   c.langevin.clip_x = True  # clamp samples to [0, 1] after each step (ref §1.3); False for 2-D data
   # Chain steps unrolled per lax.scan iteration: the same computation (equal up to float
   # rounding). 0 = auto: the whole chain on CPU (XLA:CPU runs unrolled steps ~5x faster at K=40,
@@ -127,7 +130,10 @@ def get_config(variant: str = "") -> ml_collections.ConfigDict:
 
   # ---------------------------------------------------------------- optimiser
   c.optim = ml_collections.ConfigDict()
+  c.optim.name = "adam"  # 'adam' (ref §4) or 'igebm' (IGEBM's per-element update clip)
   c.optim.learning_rate = 2e-4  # ref §4 (paper: Adam, no value)
+  c.optim.schedule = "constant"  # ref §4; 'cosine' decays to final_lr_fraction over num_steps
+  c.optim.final_lr_fraction = 0.0  # cosine only
   c.optim.b1 = 0.0  # ref §4 (no momentum)
   c.optim.b2 = 0.9  # ref §4
   c.optim.eps = 1e-8  # ref §4

@@ -1,13 +1,13 @@
-"""IGEBM (Du & Mordatch 2019) on CIFAR-10: the predecessor's regime (configs/regimes.py)
-on the CIFAR-10 net without multiscale heads; for side-by-side runs with configs/cifar10.py."""
+"""IGEBM (Du & Mordatch 2019) on CIFAR-10: the predecessor's regime (configs/regimes.py) with
+its ResNet32 (num_filters = 128, openai/ebm_code_release train.py); for side-by-side runs with
+configs/cifar10.py; `:tiny` for tests."""
 
-from ebm_jax.configs import cifar10, regimes
+import functools
 
-
-def _igebm(c) -> None:
-  regimes.apply_igebm(c)
-  c.model.attention = False  # IGEBM's ResNet has no self-attention
+from ebm_jax.configs import cifar10, default, regimes
 
 
 def get_config(variant: str = ""):
-  return cifar10.get_config(variant, regime=_igebm)
+  tiny = "tiny" in default.parse_variant(variant)
+  return cifar10.get_config(
+      variant, regime=functools.partial(regimes.apply_igebm, width=None if tiny else 128))

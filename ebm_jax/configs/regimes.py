@@ -10,13 +10,19 @@ def _without_icd_tricks(c) -> None:
   c.sample.augment = False
 
 
-def apply_igebm(c) -> None:
+def apply_igebm(c, width: int | None = None) -> None:
   """IGEBM (Du & Mordatch 2019), as the reference description §7.4 reports its released code:
-  spectral norm, Langevin gradient clipping 0.01, λ = 10, σ = 0.005, K = 60, FIFO replay of
-  10000 with 5 % noise restarts, CD + L2 energy regulariser only (no KL: every README command
-  passes --zero_kl), no augmentation, Adam 3e-4, single scale."""
+  its own net (models/igebm.py: no normalisation, leaky ReLU, spectral norm; `width` filters,
+  None keeps model.features), Langevin gradient clipping 0.01, λ = 10, σ = 0.005, K = 60, FIFO
+  replay of 10000 with 5 % noise restarts, CD + L2 energy regulariser only (no KL: every README
+  command passes --zero_kl), no augmentation, its Adam (3e-4, β = (0, 0.999), per-element
+  clip), single scale."""
+  c.model.name = "igebm"
+  if width is not None:
+    c.model.features = width
   c.model.conv = "spectral"
   c.model.multiscale = False
+  c.model.attention = False
   c.langevin.step_size = 10.0
   c.langevin.noise_scale = 0.005
   c.langevin.num_steps = 60
@@ -25,7 +31,18 @@ def apply_igebm(c) -> None:
   c.buffer.capacity = 10_000
   c.buffer.noise_restart_prob = 0.05
   c.optim.learning_rate = 3e-4
+  apply_igebm_optimizer(c)
   _without_icd_tricks(c)
+
+
+def apply_igebm_optimizer(c) -> None:
+  """IGEBM's optimiser (openai/ebm_code_release): train.py builds
+  `AdamOptimizer(FLAGS.lr, beta1=0.0, beta2=0.999)` from its custom_adam.py, which clips each
+  gradient element to 3·sqrt(v̂) + 0.1 before the Adam step; no global-norm clip."""
+  c.optim.name = "igebm"
+  c.optim.b1 = 0.0
+  c.optim.b2 = 0.999
+  c.optim.grad_clip_norm = 0.0
 
 
 def apply_true_cd(c, data_prob: float = 0.1) -> None:

@@ -58,6 +58,29 @@ class FeatureNet:
 
 
 @functools.lru_cache(maxsize=8)
+def define_flags() -> None:
+  """The `evaluate classifier` flags."""
+  from absl import flags  # pylint: disable=import-outside-toplevel
+  flags.DEFINE_string("data", None, f"classifier: dataset ({', '.join(DATASETS)}).")
+  flags.DEFINE_string("data_path", "", "classifier: folder of the dataset's files (as "
+                      "data.path; default: the dataset's usual place).")
+  flags.DEFINE_integer("image_size", 0, "classifier: image size (default: the dataset's).")
+  flags.DEFINE_integer("channels", 0, "classifier: channels (default: the dataset's).")
+  flags.DEFINE_string("attribute", "", "classifier: label attribute (shapes: shape, color, "
+                      "size, position).")
+  flags.DEFINE_integer("classifier_steps", 1500, "classifier: optimisation steps.")
+
+
+def classifier_command(data: str, data_path: str, image_size: int, channels: int,
+                       attribute: str, steps: int, seed: int, cache_dir: str) -> None:
+  """`evaluate classifier`: trains the feature classifier of a dataset and caches it."""
+  cfg = data_config(data, data_path, image_size, channels)
+  net = train_classifier(cfg, attribute, steps=steps, seed=seed,
+                         log=lambda s: print(s, flush=True))
+  path = save_classifier(net, cache_dir)
+  print(f"wrote {path}: test accuracy {net.meta['test_accuracy']:.4f}")
+
+
 def _apply_features(module):
   return jax.jit(lambda p, x: module.apply({"params": p}, x, return_features=True))
 

@@ -3,6 +3,7 @@
 import jax.numpy as jnp
 import ml_collections
 
+from ebm_jax.models.igebm import IGEBMMnist, IGEBMResNet
 from ebm_jax.models.layers import SPECTRAL
 from ebm_jax.models.nets import (ARCHITECTURES, ATTN, JEMEnergy, MLPEnergy, ResNetEnergy,
                                  paper_heads)
@@ -12,7 +13,7 @@ __all__ = ["SPECTRAL", "JEMEnergy", "make_model", "check_input_shape", "num_head
 _DTYPES = {"float32": jnp.float32, "bfloat16": jnp.bfloat16}
 
 # The allowed values of the model config, owned here (config_lib validates against them).
-NAMES = tuple(ARCHITECTURES) + ("mlp",)
+NAMES = tuple(ARCHITECTURES) + ("mlp", "igebm")
 NORMS = ("instance_group", "layer", "none")
 CONVS = ("ws", "spectral", "plain")
 DTYPES = tuple(_DTYPES)
@@ -27,12 +28,12 @@ def _heads(cfg: ml_collections.ConfigDict):
 
 
 def num_heads(cfg: ml_collections.ConfigDict) -> int:
-  return 1 if cfg.name == "mlp" else len(_heads(cfg))
+  return 1 if cfg.name in ("mlp", "igebm") else len(_heads(cfg))
 
 
 def check_input_shape(cfg: ml_collections.ConfigDict, shape: tuple[int, ...]) -> None:
   """Raises ValueError, naming the config fields, if the net cannot take inputs of `shape`."""
-  known = sorted(ARCHITECTURES) + ["mlp"]
+  known = sorted(ARCHITECTURES) + ["mlp", "igebm"]
   if cfg.name not in known:
     raise ValueError(f"model.name={cfg.name!r} is not one of {known}")
   if cfg.multiscale_layout not in MULTISCALE_LAYOUTS:
@@ -48,6 +49,14 @@ def check_input_shape(cfg: ml_collections.ConfigDict, shape: tuple[int, ...]) ->
   if len(shape) != 3 or shape[0] != shape[1] or shape[2] not in (1, 3):
     raise ValueError(f"model.name={cfg.name!r} takes square images of shape (H, H, 1|3), "
                      f"but the data has shape {shape}")
+  if cfg.name == "igebm":
+    if cfg.multiscale or cfg.jem:
+      raise ValueError("model.name='igebm' is IGEBM's single-scale energy net: set "
+                       "model.multiscale=False and model.jem=False")
+    if shape[0] < 8:
+      raise ValueError(f"data.image_size={shape[0]} is too small for model.name='igebm' "
+                       "(three halvings): use at least 8")
+    return
   if cfg.features < 8 or cfg.features % 2:
     raise ValueError(f"model.features={cfg.features} must be an even number >= 8")
   size = shape[0]
@@ -74,6 +83,12 @@ def make_model(cfg: ml_collections.ConfigDict, shape: tuple[int, ...], num_class
     if cfg.jem:
       raise ValueError("model.jem=True needs a convolutional net (resnet32, resnet128, mnist)")
     return MLPEnergy(tuple(cfg.mlp_hidden), dtype=dtype)
+  if cfg.name == "igebm":
+    if num_classes:
+      raise ValueError("model.name='igebm' is unconditional here (IGEBM's class-conditional "
+                       "gains are not built): set data.attribute=''")
+    net = IGEBMMnist if shape[-1] == 1 else IGEBMResNet
+    return net(cfg.features, dtype=dtype)
   if cfg.conv not in CONVS:
     raise ValueError(f"model.conv={cfg.conv!r} is not one of {list(CONVS)}")
   if cfg.jem:

@@ -1,0 +1,228 @@
+"""Every training regime judged by exact likelihood on 2-D densities; the command line is
+ebm_jax/experiments/toy2d.py:
+
+  python -m ebm_jax.experiments.toy2d --workdir=runs/toy2d [--steps=1000 --seeds=0]
+
+Each (regime, density, seed) is an ordinary training workdir, WORKDIR/REGIME/DENSITY/seed_S,
+trained from `configs/toy2d.py:DENSITY` with the regime's changes and the same steps and seed.
+The model's density exp(−E(x)) is normalised on the square [−4, 4]² (buffer.noise_range, where
+all the toy data lies): its log Z is integrated on a 512 × 512 grid (exact up to the grid) and
+estimated by AIS beside it (eval/likelihood.py), and the held-out NLL is scored on 2,000 fresh
+draws from the true density, whose own NLL (closed form, not for two_moons) is the floor.
+WORKDIR/toy2d.md, toy2d.json and densities.png (the learned densities beside the data) are
+rewritten after every run; a rerun skips finished runs and resumes an interrupted one.
+
+Regimes (configs/regimes.py; the 2-D sampler is textbook Langevin, λ = 0.005, σ = 0.1, T = 1):
+"""
+
+import json
+import os
+import time
+from typing import Any, Callable
+
+import ml_collections
+import numpy as np
+from absl import logging
+
+from ebm_jax import cli, restore
+from ebm_jax.configs import regimes
+from ebm_jax.configs import toy2d as toy2d_config
+
+
+def _no_kl(c) -> None:
+  c.loss.opt = False
+  c.loss.ent = False
+
+
+def _right_kl(c) -> None:
+  regimes.apply_kl(c, "right")
+
+
+def _igebm(c) -> None:
+  """IGEBM's training without its image-scale sampler: CD + L2 only, FIFO replay with 5 %
+  restarts, IGEBM's Adam (β = (0, 0.999), per-element clip); the 2-D λ and σ are kept (its
+  λ = 10 and ∇ₓ clip 0.01 are in pixel units)."""
+  _no_kl(c)
+  c.buffer.kind = "fifo"
+  c.buffer.noise_restart_prob = 0.05
+  regimes.apply_igebm_optimizer(c)
+
+
+def _true_cd(c) -> None:
+  regimes.apply_true_cd(c)
+
+
+def _short_run(c) -> None:
+  regimes.apply_short_run(c)
+
+
+def _mala(c) -> None:
+  c.langevin.sampler = "mala"
+
+
+def _hmc(c) -> None:
+  c.langevin.sampler = "hmc"
+  c.langevin.leapfrog_steps = 3
+
+
+REGIMES: tuple[tuple[str, str, Callable[[Any], None] | None], ...] = (
+    ("icd", "full ICD loss (L_CD + L_reg + L_KL, reservoir)", None),
+    ("no_kl", "L_KL off", _no_kl),
+    ("right_kl", "the critique's KL sign (loss.kl_form='right', §5.4.1)", _right_kl),
+    ("igebm", "IGEBM: no KL, FIFO buffer, 5 % restarts, IGEBM's Adam", _igebm),
+    ("true_cd", "true CD: chains start at data (critique §6.1), no KL", _true_cd),
+    ("short_run", "short-run chains from noise at every step, no KL", _short_run),
+    ("mala", "full ICD loss, MALA chains", _mala),
+    ("hmc", "full ICD loss, HMC chains (3 leapfrog steps)", _hmc),
+)
+REGIME_NAMES = tuple(r[0] for r in REGIMES)
+__doc__ += "".join(f"\n  {name:<10}  {text}" for name, text, _ in REGIMES) + "\n"
+DENSITIES = toy2d_config.DENSITIES
+
+
+def regime_config(regime: str, density: str, steps: int, seed: int) -> ml_collections.ConfigDict:
+  c = toy2d_config.get_config(density)
+  edit = dict((r[0], r[2]) for r in REGIMES)[regime]
+  if edit is not None:
+    edit(c)
+  c.seed = seed
+  c.train.num_steps = steps
+  c.train.checkpoint_every = steps
+  c.train.log_every = max(steps // 10, 1)
+  c.train.image_every = 0
+  c.sample.num = 500
+  c.sample.batch_size = 500
+  return c
+
+
+def run_one(config, workdir: str, *, chains: int, temperatures: int) -> dict:
+  """Trains (resuming) and scores one run; returns its row of results."""
+  from ebm_jax import train  # pylint: disable=import-outside-toplevel
+  from ebm_jax.eval import likelihood  # pylint: disable=import-outside-toplevel
+  t0 = time.time()
+  train.train_and_evaluate(config, workdir)
+  t1 = time.time()
+  cfg, info, model, ema, step = restore.load_for_sampling(workdir)
+  out = likelihood.evaluate(cfg, model, ema, info, num=2000, chains=chains,
+                            temperatures=temperatures, sampler="hmc", step_size=0.1,
+                            leapfrog_steps=5, seed=config.seed)
+  variables = restore.ema_variables(ema)
+  density = _grid_density(lambda x: model.apply(variables, x, None).sum(-1), 128)
+  np.save(os.path.join(workdir, "density_grid.npy"), density)
+  return {**out, "step": step, "train_seconds": t1 - t0, "eval_seconds": time.time() - t1}
+
+
+def _grid_density(energy, n: int, lo: float = -4.0, hi: float = 4.0) -> np.ndarray:
+  import jax.numpy as jnp  # pylint: disable=import-outside-toplevel
+  c = np.linspace(lo, hi, n)
+  pts = np.stack(np.meshgrid(c, c, indexing="xy"), -1).reshape(-1, 2)
+  e = np.asarray(energy(jnp.asarray(pts, jnp.float32)), np.float64).reshape(n, n)
+  p = np.exp(-(e - e.min()))
+  return p / p.sum()
+
+
+def _true_grid(density: str, n: int = 128, lo: float = -4.0, hi: float = 4.0) -> np.ndarray:
+  from ebm_jax.data import toy2d  # pylint: disable=import-outside-toplevel
+  c = np.linspace(lo, hi, n)
+  pts = np.stack(np.meshgrid(c, c, indexing="xy"), -1).reshape(-1, 2)
+  try:
+    p = np.exp(toy2d.toy2d_log_density(density, pts)).reshape(n, n)
+  except NotImplementedError:  # a histogram of draws
+    x = toy2d.sample_toy2d(density, 200_000, np.random.default_rng(0))
+    edges = np.linspace(lo, hi, n + 1)
+    p, _, _ = np.histogram2d(x[:, 1], x[:, 0], bins=[edges, edges])
+  return p / p.sum()
+
+
+def markdown(results: dict, header: str, densities: list[str]) -> str:
+  lines = [header, "", "Held-out NLL in nats (2,000 fresh draws; lower is better): grid "
+           "integration, with the AIS estimate in brackets. The floor is the true density's "
+           "own NLL.", "",
+           "| regime | " + " | ".join(densities) + " |", "|---|" + "---|" * len(densities)]
+  floor = {}
+  for name, _, _ in REGIMES:
+    cells = []
+    for d in densities:
+      runs = results.get(name, {}).get(d, [])
+      if not runs:
+        cells.append("–")
+        continue
+      g = np.mean([r["nll_grid"] for r in runs])
+      a = np.mean([r["nll_ais"] for r in runs])
+      cells.append(f"{g:.3f} ({a:.3f})")
+      if runs[0].get("nll_true") is not None:
+        floor[d] = np.mean([r["nll_true"] for r in runs])
+    lines.append(f"| {name} | " + " | ".join(cells) + " |")
+  lines.append("| *truth (floor)* | " + " | ".join(
+      f"{floor[d]:.3f}" if d in floor else "–" for d in densities) + " |")
+  lines += ["", "| regime | what changes |", "|---|---|"]
+  lines += [f"| {n} | {t} |" for n, t, _ in REGIMES]
+  return "\n".join(lines) + "\n"
+
+
+def plot(workdir: str, results: dict, densities: list[str], path: str) -> None:
+  import matplotlib  # pylint: disable=import-outside-toplevel
+  matplotlib.use("Agg")
+  import matplotlib.pyplot as plt  # pylint: disable=import-outside-toplevel
+  names = ["data"] + [n for n, _, _ in REGIMES if n in results]
+  fig, axes = plt.subplots(len(names), len(densities),
+                           figsize=(1.6 * len(densities), 1.6 * len(names)), squeeze=False)
+  for i, name in enumerate(names):
+    for j, d in enumerate(densities):
+      ax = axes[i, j]
+      ax.set_xticks([]), ax.set_yticks([])
+      if name == "data":
+        img = _true_grid(d)
+      else:
+        runs = results[name].get(d, [])
+        f = os.path.join(workdir, name, d, f"seed_{runs[0]['seed']}", "density_grid.npy") \
+            if runs else None
+        if f is None or not os.path.exists(f):
+          ax.axis("off")
+          continue
+        img = np.load(f)
+      ax.imshow(img, origin="lower", cmap="magma", interpolation="nearest")
+      if i == 0:
+        ax.set_title(d, fontsize=9)
+      if j == 0:
+        ax.set_ylabel(name, fontsize=9)
+  fig.tight_layout()
+  fig.savefig(path, dpi=110)
+  plt.close(fig)
+
+
+def run_all(workdir: str, *, regime_names: list[str], densities: list[str], seeds: list[int],
+            steps: int, chains: int, temperatures: int) -> str:
+  """Trains and scores every run not finished yet; rewrites the table and figure after each."""
+  cli.make_dirs(workdir, "--workdir")
+  results: dict[str, dict[str, list[dict]]] = {}
+  header = (f"2-D densities, every regime trained {steps} steps (seeds {seeds}) from "
+            "`configs/toy2d.py` (MLP 128×128×128, B = 256, K = 50).")
+
+  def write() -> None:
+    cli.write_text(os.path.join(workdir, "toy2d.json"),
+                   json.dumps({"header": header, "runs": results}, indent=2))
+    cli.write_text(os.path.join(workdir, "toy2d.md"), markdown(results, header, densities))
+    plot(workdir, results, densities, os.path.join(workdir, "densities.png"))
+
+  todo = [(r, d, s) for r in regime_names for d in densities for s in seeds]
+  t_start, timed = time.time(), 0
+  for n, (regime, density, seed) in enumerate(todo, 1):
+    run_dir = os.path.join(workdir, regime, density, f"seed_{seed}")
+    done = os.path.join(run_dir, "result.json")
+    if os.path.exists(done):
+      with open(done) as f:
+        results.setdefault(regime, {}).setdefault(density, []).append(json.load(f))
+      continue
+    eta = (time.time() - t_start) / timed * (len(todo) - n + 1) if timed else None
+    logging.info("Run %d/%d: %s on %s, seed %d%s", n, len(todo), regime, density, seed,
+                 "" if eta is None else f" (ETA {eta / 60:.0f} min)")
+    config = regime_config(regime, density, steps, seed)
+    result = {"regime": regime, "density": density, "seed": seed,
+              **run_one(config, run_dir, chains=chains, temperatures=temperatures)}
+    cli.write_text(done, json.dumps(result, indent=2))
+    timed += 1
+    results.setdefault(regime, {}).setdefault(density, []).append(result)
+    write()
+  write()
+  return markdown(results, header, densities)

@@ -105,7 +105,8 @@ def with_chain_length(config, k: int):
 def device_info() -> dict[str, Any]:
   d = jax.devices()[0]
   return {"device_kind": d.device_kind, "platform": d.platform, "device_count": jax.device_count(),
-          "process_count": jax.process_count(), "cpu_count": os.cpu_count()}
+          "process_count": jax.process_count(), "cpu_count": os.cpu_count(),
+          "xla_flags": os.environ.get("XLA_FLAGS", "")}
 
 
 def peak_tflops(precision: str) -> float | None:

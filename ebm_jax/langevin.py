@@ -28,7 +28,6 @@ stop-gradient training chain and the L_opt-through-all-steps ablation (paper A.4
 
 from typing import Callable, NamedTuple
 
-import blackjax
 import jax
 import jax.numpy as jnp
 
@@ -145,6 +144,7 @@ def build_hmc_kernel(energy_fn: EnergyFn, step_size: float, x_range: XRange = (0
   """Hamiltonian Monte Carlo on exp(−Ē/T), T = σ²/(2λ), through blackjax.mcmc.hmc (unit mass,
   leapfrog step σ). Rows are independent chains: row i uses fold_in(key, i). The state's
   x_noised is the point the step started from, as for MALA."""
+  import blackjax  # pylint: disable=import-outside-toplevel  (its import starts jax's backend)
   hmc = blackjax.mcmc.hmc.build_kernel()
 
   def kernel(key: jax.Array, state: LangevinState, noise_scale: jax.Array | float):

@@ -60,8 +60,8 @@ def main(argv) -> None:
     if not FLAGS.workdir:
       raise config_lib.UserError("--workdir is required, e.g. --workdir=runs/digits")
     init_distributed()
-    logging.info("JAX %s on %d process(es), devices: %s", jax.__version__,
-                 jax.process_count(), jax.devices())
+    logging.info("JAX %s on %d process(es), devices: %s; XLA_FLAGS=%r", jax.__version__,
+                 jax.process_count(), jax.devices(), os.environ.get("XLA_FLAGS", ""))
     with distributed.watched():
       train.train_and_evaluate(config, FLAGS.workdir)
 

@@ -82,7 +82,7 @@ def make_negative_phase(config: ml_collections.ConfigDict, model, info: data_lib
   n_kl = config.loss.kl_samples or batch_size
   jem = bool(config.model.jem)
   conditional = info.num_classes > 0 and not jem  # JEM samples and trains E(x) unconditionally
-  spectral = config.model.conv == "spectral"
+  spectral = config.model.conv == "spectral" or config.model.name == "igebm"
   inject_at = config.debug.inject_nan_at_step
 
   def constrain(x):

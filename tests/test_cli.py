@@ -37,10 +37,49 @@ def test_every_entry_point_goes_through_run_guarded():
   root = pathlib.Path(__file__).resolve().parents[1]
   for path in ["ebm_jax/main.py", "ebm_jax/sample.py", "ebm_jax/evaluate.py",
                "ebm_jax/compose.py", "ebm_jax/experiments/ablation.py",
+               "ebm_jax/experiments/toy2d.py",
                "benchmarks/train_step.py", "benchmarks/langevin.py", "benchmarks/scaling.py"]:
     text = (root / path).read_text()
     assert "cli.run_guarded(" in text, path
     assert 'DEFINE_bool("debug"' not in text, path  # one --debug, from cli.define_common_flags
+
+
+def test_the_cpu_xla_flags_are_set_only_when_xla_flags_is_unset(monkeypatch):
+  monkeypatch.delenv("EBM_JAX_XLA_FLAGS", raising=False)
+  monkeypatch.setenv("XLA_FLAGS", "--xla_force_host_platform_device_count=2")
+  assert cli.apply_xla_flags() is None  # the user's flags stand, alone
+  assert cli.os.environ["XLA_FLAGS"] == "--xla_force_host_platform_device_count=2"
+  monkeypatch.delenv("XLA_FLAGS")
+  monkeypatch.setenv("EBM_JAX_XLA_FLAGS", "0")  # the off switch
+  assert cli.apply_xla_flags() is None and "XLA_FLAGS" not in cli.os.environ
+  monkeypatch.delenv("EBM_JAX_XLA_FLAGS")
+  monkeypatch.setattr(cli, "_ACCELERATOR_PLUGINS", ("json",))  # as if a GPU plugin were there
+  assert cli.apply_xla_flags() is None and "XLA_FLAGS" not in cli.os.environ
+  monkeypatch.setattr(cli, "_ACCELERATOR_PLUGINS", ("no_such_plugin_here",))
+  assert cli.apply_xla_flags() == cli.CPU_XLA_FLAGS == cli.os.environ["XLA_FLAGS"]
+
+
+ENTRY_POINTS = ("ebm_jax.main", "ebm_jax.sample", "ebm_jax.evaluate", "ebm_jax.compose",
+                "ebm_jax.experiments.ablation", "ebm_jax.experiments.toy2d", "benchmarks.train_step")
+
+
+def test_importing_an_entry_point_does_not_start_jaxs_backend():
+  """XLA_FLAGS (above) and jax.distributed.initialize only take effect before the backend
+  starts, so no entry point may start it at import (blackjax's import does: it is imported
+  where HMC and AIS are built)."""
+  import subprocess  # pylint: disable=import-outside-toplevel
+  import sys  # pylint: disable=import-outside-toplevel
+  code = ("import importlib, sys\nfrom jax._src import xla_bridge as xb\n"
+          "importlib.import_module(sys.argv[1])\n"
+          "print('started' if xb.backends_are_initialized() else 'ok')")
+  root = str(__import__("pathlib").Path(__file__).resolve().parents[1])
+  procs = {m: subprocess.Popen([sys.executable, "-c", code, m], cwd=root, text=True,
+                               stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+           for m in ENTRY_POINTS}  # one interpreter each: some define flags at import
+  results = {m: p.communicate(timeout=300) + (p.returncode,) for m, p in procs.items()}
+  bad = {m: (out.strip(), err[-500:]) for m, (out, err, rc) in results.items()
+         if rc != 0 or out.strip() != "ok"}
+  assert not bad, bad
 
 
 def test_stray_arguments_are_a_user_error():

@@ -19,7 +19,6 @@ sigmoidal schedule (arXiv:1511.02543 §4.1).
 
 from typing import Callable, NamedTuple
 
-import blackjax
 import jax
 import jax.numpy as jnp
 import numpy as np
@@ -78,6 +77,7 @@ def ais(energy_fn: Energy, shape: tuple[int, ...], key: jax.Array, *, base: Base
         sampler: str = "hmc", step_size: float = 0.05, leapfrog_steps: int = 5,
         box: tuple[float, float] | None = None) -> AISResult:
   """log Z of exp(−E/T) (restricted to the box [lo, hi]^D when `box` is given)."""
+  import blackjax  # pylint: disable=import-outside-toplevel  (its import starts jax's backend)
   if sampler not in SAMPLERS:
     raise UserError(f"--sampler={sampler!r}: choose one of {list(SAMPLERS)}")
   if num_chains < 2 or step_size <= 0 or leapfrog_steps < 1 or temperature <= 0:

@@ -10,6 +10,12 @@ Images are stored as 8-bit levels q = ⌊256·clip(x, 0, 1)⌋ ∈ {0..255} and 
 (q + U(0,1))/256, the same dequantisation as the data (ref §1.1). This fixes the reference's
 write ×255 / read ÷256 mismatch, which shrank chains by 255/256 per round trip (ref §7.1.3).
 Float storage keeps values as they are (2-D data). Counters are int32: fine up to 2³¹ − 1 items.
+
+Per-device buffers (buffer.per_device, as the authors ran CelebA-HQ and LSUN: 8 processes, each
+with its own 10,000-item buffer and its own 100 entropy references): G independent buffers in
+one Buffer whose arrays have a leading group axis, sharded over the devices. Group g serves
+rows g·B/G … (g+1)·B/G − 1 of the batch (the rows its device holds) with the key
+fold_in(key, g); the `*_groups` functions below are the single-buffer ones vmapped over g.
 """
 
 from typing import NamedTuple
@@ -98,3 +104,34 @@ def sample(buf: Buffer, key: jax.Array, n: int) -> jax.Array:
   """n items, uniformly with replacement, as float32 (dequantised for 8-bit storage)."""
   k_idx, k_deq = jax.random.split(key)
   return decode(k_deq, sample_stored(buf, k_idx, n))
+
+
+def init_groups(groups: int, capacity: int, item_shape: tuple[int, ...],
+                storage: str = "uint8") -> Buffer:
+  """`groups` empty buffers of `capacity` items each, stacked on a leading axis."""
+  one = init(capacity, item_shape, storage)
+  return jax.tree.map(lambda a: jnp.broadcast_to(a, (groups,) + a.shape), one)
+
+
+def _group_keys(key: jax.Array, groups: int) -> jax.Array:
+  return jax.vmap(lambda g: jax.random.fold_in(key, g))(jnp.arange(groups))
+
+
+def sample_groups(buf: Buffer, key: jax.Array, n: int) -> jax.Array:
+  """n // G items from each group's buffer, group after group: (n, ...)."""
+  groups = buf.size.shape[0]
+  x = jax.vmap(lambda b, k: sample(b, k, n // groups))(buf, _group_keys(key, groups))
+  return x.reshape((n,) + x.shape[2:])
+
+
+def add_groups(buf: Buffer, key: jax.Array, items: jax.Array, kind: str = "reservoir") -> Buffer:
+  """Rows g·n/G … of items (n, ...) go to group g's buffer."""
+  groups = buf.size.shape[0]
+  items = items.reshape((groups, items.shape[0] // groups) + items.shape[1:])
+  return jax.vmap(lambda b, k, x: add(b, k, x, kind))(buf, _group_keys(key, groups), items)
+
+
+def refs_groups(buf: Buffer, key: jax.Array, n: int) -> jax.Array:
+  """n items from each group's buffer: (G, n, ...), one comparison set per group."""
+  groups = buf.size.shape[0]
+  return jax.vmap(lambda b, k: sample(b, k, n))(buf, _group_keys(key, groups))

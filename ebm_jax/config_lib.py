@@ -111,6 +111,9 @@ def validate(config: ml_collections.ConfigDict, num_devices: int = 1) -> None:
           "must be 0 with langevin.sampler='hmc' (HMC's leapfrog needs the exact gradient)")
     check(lv.leapfrog_steps >= 1, "langevin.leapfrog_steps", "must be at least 1")
   check(lv.unroll >= 0, "langevin.unroll", "must be >= 0 (steps per loop iteration; 0 = auto)")
+  check(not bf.per_device or lo.kl_samples % num_devices == 0, "loss.kl_samples",
+        f"must be 0 or divisible by the number of devices ({num_devices}) with "
+        "buffer.per_device=True (each device's KL rows meet its own references)")
   check(0 <= lo.kl_samples <= t.batch_size, "loss.kl_samples",
         f"must be between 0 (whole batch) and train.batch_size ({t.batch_size})")
   check(lo.ent_num_refs >= 1, "loss.ent_num_refs", "must be at least 1")

@@ -52,9 +52,16 @@ def nearest_neighbour_distance(x: jax.Array, refs: jax.Array, eps: float) -> jax
 
 
 def entropy_loss(x_hat: jax.Array, refs: jax.Array, eps: float) -> jax.Array:
-  """−mean log NN(x̂, B): minimising it maximises the nearest-neighbour entropy estimate."""
+  """−mean log NN(x̂, B): minimising it maximises the nearest-neighbour entropy estimate.
+  Per-device buffers give refs (G, m, ...), one set per group: x̂'s rows are then G equal
+  blocks, block g compared with set g only."""
   # sg(refs): the comparison set (augmented buffer draws) is a constant of L_ent; its gradient
   # reaches θ only through x̂.
+  if refs.ndim == x_hat.ndim + 1:
+    groups = refs.shape[0]
+    blocks = x_hat.reshape((groups, x_hat.shape[0] // groups) + x_hat.shape[1:])
+    d = jax.vmap(lambda x, r: nearest_neighbour_distance(x, sg(r), eps))(blocks, refs)
+    return -jnp.log(d).mean()
   return -jnp.log(nearest_neighbour_distance(x_hat, sg(refs), eps)).mean()
 
 

@@ -85,8 +85,10 @@ def _igebm_scale_by_adam(b1: float, b2: float, eps: float) -> optax.GradientTran
 
 
 def create(config: ml_collections.ConfigDict, model, shape: tuple[int, ...], num_classes: int,
-           key: jax.Array, tx: optax.GradientTransformation) -> TrainState:
-  """Initial state for data of per-example `shape` (call under jit for sharded creation)."""
+           key: jax.Array, tx: optax.GradientTransformation,
+           buffer_groups: int = 0) -> TrainState:
+  """Initial state for data of per-example `shape` (call under jit for sharded creation);
+  `buffer_groups` > 0: that many per-device buffers (buffer.per_device)."""
   x = jnp.zeros((1,) + tuple(shape), jnp.float32)
   y = jnp.zeros((1, num_classes), jnp.float32) if num_classes else None
   variables = model.init(key, x, y)
@@ -96,6 +98,8 @@ def create(config: ml_collections.ConfigDict, model, shape: tuple[int, ...], num
       step=jnp.zeros((), jnp.int32), params=params,
       ema_params=jax.tree.map(jnp.copy, params),  # EMA starts as a copy (ref §4)
       opt_state=tx.init(params),
-      buffer=buffer_lib.init(config.buffer.capacity, shape, config.buffer.storage),
+      buffer=(buffer_lib.init_groups(buffer_groups, config.buffer.capacity, shape,
+                                     config.buffer.storage) if buffer_groups else
+              buffer_lib.init(config.buffer.capacity, shape, config.buffer.storage)),
       model_state=model_state, recoveries=jnp.zeros((), jnp.int32),
       lr_scale=jnp.ones((), jnp.float32), guard=guard_init())

@@ -83,6 +83,12 @@ def make_negative_phase(config: ml_collections.ConfigDict, model, info: data_lib
   jem = bool(config.model.jem)
   conditional = info.num_classes > 0 and not jem  # JEM samples and trains E(x) unconditionally
   spectral = config.model.conv == "spectral" or config.model.name == "igebm"
+  groups = (mesh.size if mesh is not None else 1) if bc.per_device else 0
+  # KL rows: the first n; with per-device buffers the first n / G of each device's rows, so
+  # that every device's KL samples meet its own references.
+  kl_rows = (jnp.arange(n_kl) if not groups else
+             (jnp.arange(groups)[:, None] * (batch_size // groups)
+              + jnp.arange(n_kl // groups)[None, :]).reshape(-1))
   inject_at = config.debug.inject_nan_at_step
 
   def constrain(x):
@@ -111,7 +117,12 @@ def make_negative_phase(config: ml_collections.ConfigDict, model, info: data_lib
     params_sg = jax.lax.stop_gradient(state.params)  # the chain never carries θ-gradients
 
     # 1. chain starts: buffer draws, one augmentation transition, noise restarts
-    x0 = buffer_lib.sample(state.buffer, k_draw, batch_size)
+    if groups:
+      x0 = buffer_lib.sample_groups(state.buffer, k_draw, batch_size)
+      empty = jnp.repeat(state.buffer.size == 0, batch_size // groups)
+    else:
+      x0 = buffer_lib.sample(state.buffer, k_draw, batch_size)
+      empty = state.buffer.size == 0
     if transition is not None:
       x0 = augment_lib.augment_batch(transition, k_aug, constrain(x0))
     if bc.data_prob > 0:  # true CD: some chains start at this step's data
@@ -121,7 +132,7 @@ def make_negative_phase(config: ml_collections.ConfigDict, model, info: data_lib
     lo, hi = bc.noise_range
     noise = jax.random.uniform(k_noise, x0.shape, minval=lo, maxval=hi)
     restart = ((jax.random.uniform(k_restart, (batch_size,)) < bc.noise_restart_prob)
-               | (state.buffer.size == 0))
+               | empty)
     x0 = constrain(jnp.where(restart.reshape((-1,) + (1,) * (x0.ndim - 1)), noise, x0))
 
     # 2. K Langevin steps
@@ -133,14 +144,19 @@ def make_negative_phase(config: ml_collections.ConfigDict, model, info: data_lib
                                       unroll=langevin.resolve_unroll(lc.unroll, lc.num_steps))
 
     # 3. reservoir add, then the entropy comparison set from the updated buffer
-    new_buffer = buffer_lib.add(state.buffer, k_add, final.x, bc.kind)
-    refs = buffer_lib.sample(new_buffer, k_refs, config.loss.ent_num_refs)
+    if groups:
+      new_buffer = buffer_lib.add_groups(state.buffer, k_add, final.x, bc.kind)
+      refs = buffer_lib.refs_groups(new_buffer, k_refs, config.loss.ent_num_refs)
+    else:
+      new_buffer = buffer_lib.add(state.buffer, k_add, final.x, bc.kind)
+      refs = buffer_lib.sample(new_buffer, k_refs, config.loss.ent_num_refs)
     if transition is not None:
-      refs = augment_lib.augment_batch(transition, k_refs_aug, refs)
-    kl = losses.KLInputs(x_noised=final.x_noised[:n_kl], x0=x0[:n_kl], chain_key=k_chain,
-                         labels=None if y is None else y[:n_kl])
+      flat = refs.reshape((-1,) + refs.shape[-len(info.shape):])
+      refs = augment_lib.augment_batch(transition, k_refs_aug, flat).reshape(refs.shape)
+    kl = losses.KLInputs(x_noised=final.x_noised[kl_rows], x0=x0[kl_rows], chain_key=k_chain,
+                         labels=None if y is None else y[kl_rows])
     return NegativePhase(x_pos=x_pos, labels=y, x_neg=final.x, kl=kl, ent_refs=refs,
-                         ent_active=new_buffer.size > config.loss.ent_min_buffer,
+                         ent_active=jnp.all(new_buffer.size > config.loss.ent_min_buffer),
                          model_state=model_state, buffer=new_buffer, restart=restart,
                          infos=infos, class_labels=batch["label"] if jem else None)
 
@@ -197,7 +213,7 @@ def make_train_step(config: ml_collections.ConfigDict, model, info: data_lib.Dat
         "langevin_energy_end": neg.infos.energy[-1].mean(),
         "langevin_accept_rate": neg.infos.accepted.mean(),
         "restart_fraction": neg.restart.mean(),
-        "buffer_fill": neg.buffer.size / config.buffer.capacity,
+        "buffer_fill": neg.buffer.size.mean() / config.buffer.capacity,
         "entropy_active": neg.ent_active.astype(jnp.float32),
         "grad_norm": optax.tree_utils.tree_norm(grads),
         "update_norm": optax.tree_utils.tree_norm(updates),

@@ -67,11 +67,16 @@ class Setup:
     self.model = _user_errors(models.make_model, config.model, self.info.shape,
                               self.info.num_classes)
     self.tx = state_lib.make_optimizer(config.optim, config.train.num_steps)
+    groups = self.mesh.size if config.buffer.per_device else 0
     self.init_fn = functools.partial(state_lib.create, config, self.model, self.info.shape,
-                                     self.info.num_classes, tx=self.tx)
+                                     self.info.num_classes, tx=self.tx, buffer_groups=groups)
     self.abstract_state = jax.eval_shape(self.init_fn, jax.random.key(0))
     rep = sharding.replicated(self.mesh)
     self.state_sharding = jax.tree.map(lambda _: rep, self.abstract_state)
+    if groups:  # each device holds its own buffer
+      split = sharding.batch_sharded(self.mesh)
+      self.state_sharding = self.state_sharding.replace(
+          buffer=jax.tree.map(lambda _: split, self.abstract_state.buffer))
     self.batch_sharding = {"image": sharding.batch_sharded(self.mesh),
                            "label": sharding.batch_sharded(self.mesh)}
     self.step_fn = jax.jit(
@@ -115,13 +120,16 @@ class Setup:
     @functools.partial(jax.jit, donate_argnums=0, out_shardings=self.state_sharding.buffer)
     def add(buf, key, images):
       k_deq, k_add = jax.random.split(key)
-      return buffer_lib.add(buf, k_add, dequantize(k_deq, images, levels), bc.kind)
+      put = buffer_lib.add_groups if bc.per_device else buffer_lib.add
+      return put(buf, k_add, dequantize(k_deq, images, levels), bc.kind)
 
     buf = state.buffer
     key = jax.random.fold_in(seed_keys(self.config.seed)[0], 1)
-    for i in range(-(-bc.capacity // self.config.train.batch_size)):
+    groups = self.mesh.size if bc.per_device else 1  # each group takes B / groups per batch
+    for i in range(-(-bc.capacity * groups // self.config.train.batch_size)):
       buf = add(buf, jax.random.fold_in(key, i), self.global_batch(next(stream))["image"])
-    logging.info("Buffer seeded with %d training images (buffer.init='data')", int(buf.size))
+    logging.info("Buffer seeded with %d training images (buffer.init='data')",
+                 int(np.sum(jax.device_get(buf.size))))
     return state.replace(buffer=buf)
 
   def stream(self, start_step: int):

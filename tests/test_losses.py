@@ -246,3 +246,15 @@ def test_box_clip_blocks_the_gradient_through_saturated_pixels():
   g = np.asarray(jax.grad(l_opt)(w))
   # x̂ = clip(x̃ + w s) = (1, 0.55, 0); L_opt = −1.3 Σ w̄ s x̂ with w̄ frozen: only d = 1 moves
   np.testing.assert_allclose(g, [0.0, -1.3 * (0.5 * 0.1) * 0.1, 0.0], atol=1e-7)
+
+
+def test_per_device_references_score_each_block_against_its_own_set():
+  # x̂ rows 0-2 belong to group 0, rows 3-5 to group 1 (per-device buffers); each row's nearest
+  # reference comes from its group's set only.
+  x = jnp.asarray([[0.0], [1.0], [2.0], [10.0], [11.0], [12.0]])
+  refs = jnp.asarray([[[0.5], [5.0]], [[2.0], [11.5]]])  # (G=2, m=2, D=1)
+  eps = 1e-12
+  d = np.array([0.5, 0.5, 1.5, 1.5, 0.5, 0.5])  # group 0 vs {0.5, 5}; group 1 vs {2, 11.5}
+  np.testing.assert_allclose(losses.entropy_loss(x, refs, eps), -np.log(d).mean(), rtol=1e-5)
+  shared = losses.entropy_loss(x, refs.reshape(4, 1), eps)  # one set for all: smaller distances
+  assert float(shared) > float(losses.entropy_loss(x, refs, eps))

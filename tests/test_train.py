@@ -129,6 +129,22 @@ def test_sharded_step_equals_single_device_step():
   assert "devices=8" in proc.stdout and "max_abs_diff" in proc.stdout
 
 
+@pytest.mark.slow  # a 2-device process
+def test_per_device_buffers_equal_single_device_buffers():
+  env = dict(os.environ, XLA_FLAGS="--xla_force_host_platform_device_count=2",
+             PYTHONPATH=ROOT)
+  proc = subprocess.run([sys.executable, os.path.join(ROOT, "tests", "per_device_check.py")],
+                        env=env, capture_output=True, text=True, timeout=900, cwd=ROOT)
+  assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
+  assert "per-device buffers equal single-device buffers" in proc.stdout
+
+
+def test_per_device_buffers_are_the_default_where_the_authors_ran_them():
+  from ebm_jax.configs import celebahq, cifar10, lsun_bedroom  # pylint: disable=import-outside-toplevel
+  assert celebahq.get_config().buffer.per_device and lsun_bedroom.get_config().buffer.per_device
+  assert not cifar10.get_config().buffer.per_device
+
+
 def test_sampling_from_a_checkpoint(digits_workdir, tmp_path):
   config, info, model, ema, step = restore.load_for_sampling(digits_workdir)
   assert step == 40 and info.shape == (8, 8, 1)

@@ -112,6 +112,9 @@ def get_config(variant: str = "") -> ml_collections.ConfigDict:
   c.buffer.init = "noise"
   c.buffer.data_prob = 0.0
   c.buffer.augment = True  # one augmentation transition per chain start drawn from the buffer; paper §2.3
+  # One buffer per device (capacity items each) and one set of ent_num_refs references per
+  # device, as the authors' 8-process CelebA-HQ / LSUN runs had; False: one shared buffer.
+  c.buffer.per_device = False
 
   # ---------------------------------------------------------------- augmentation transitions
   c.augment = ml_collections.ConfigDict()

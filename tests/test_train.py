@@ -118,25 +118,27 @@ def test_resume_is_bitwise_exact(tmp_path):
   assert not _leaves_equal(full.params, train.Setup(cfg).init_state().params)  # it trained
 
 
-@pytest.mark.slow  # an 8-device process compiling the step twice
-def test_sharded_step_equals_single_device_step():
-  # 8 forced CPU devices need a fresh process (XLA reads the flag at start-up).
-  env = dict(os.environ, XLA_FLAGS="--xla_force_host_platform_device_count=8",
+def _run_with_devices(script: str, devices: int) -> str:
+  """Runs tests/SCRIPT in a fresh process with forced CPU devices (XLA reads the flag at
+  start-up); returns its stdout."""
+  env = dict(os.environ, XLA_FLAGS=f"--xla_force_host_platform_device_count={devices}",
              PYTHONPATH=ROOT)
-  proc = subprocess.run([sys.executable, os.path.join(ROOT, "tests", "sharding_check.py")],
+  proc = subprocess.run([sys.executable, os.path.join(ROOT, "tests", script)],
                         env=env, capture_output=True, text=True, timeout=900, cwd=ROOT)
   assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
-  assert "devices=8" in proc.stdout and "max_abs_diff" in proc.stdout
+  return proc.stdout
+
+
+@pytest.mark.slow  # an 8-device process compiling the step twice
+def test_sharded_step_equals_single_device_step():
+  out = _run_with_devices("sharding_check.py", 8)
+  assert "devices=8" in out and "max_abs_diff" in out
 
 
 @pytest.mark.slow  # a 2-device process
 def test_per_device_buffers_equal_single_device_buffers():
-  env = dict(os.environ, XLA_FLAGS="--xla_force_host_platform_device_count=2",
-             PYTHONPATH=ROOT)
-  proc = subprocess.run([sys.executable, os.path.join(ROOT, "tests", "per_device_check.py")],
-                        env=env, capture_output=True, text=True, timeout=900, cwd=ROOT)
-  assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
-  assert "per-device buffers equal single-device buffers" in proc.stdout
+  assert "per-device buffers equal single-device buffers" in _run_with_devices(
+      "per_device_check.py", 2)
 
 
 def test_per_device_buffers_are_the_default_where_the_authors_ran_them():

@@ -118,3 +118,22 @@ def test_sigmoid_schedule_runs_from_zero_to_one():
 def test_bits_per_dim_of_the_uniform_density_on_the_box_is_eight():
   # uniform on [0, 1]^D: NLL 0 nats, i.e. 8 bits per 8-bit pixel
   assert likelihood.bits_per_dim(0.0, 784) == pytest.approx(8.0)
+
+
+@pytest.mark.slow  # trains two runs and scores them (about a minute)
+def test_the_2d_regime_runner_writes_its_table_and_resumes(tmp_path):
+  from ebm_jax.experiments import toy2d_lib  # pylint: disable=import-outside-toplevel
+  kw = dict(regime_names=["icd", "hmc"], densities=["rings"], seeds=[0], steps=4, chains=8,
+            temperatures=10)
+  table = toy2d_lib.run_all(str(tmp_path), **kw)
+  nll_table = table.split("| regime | what changes |")[0]
+  rows = {line.split("|")[1].strip(): line for line in nll_table.splitlines()
+          if line.startswith("|")}
+  assert "(" in rows["icd"] and "(" in rows["hmc"] and "–" in rows["no_kl"]  # run / not run
+  assert rows["*truth (floor)*"].count("2.337") == 1  # rings' exact NLL on the held-out draws
+  for name in ("toy2d.md", "toy2d.json", "densities.png"):
+    assert (tmp_path / name).exists()
+  done = tmp_path / "icd" / "rings" / "seed_0" / "result.json"
+  stamp = done.stat().st_mtime
+  assert toy2d_lib.run_all(str(tmp_path), **kw) == table  # a rerun skips finished runs
+  assert done.stat().st_mtime == stamp

@@ -172,6 +172,10 @@ def apply_xla_flags() -> str | None:
   if any(importlib.util.find_spec(p) is not None for p in _ACCELERATOR_PLUGINS):
     return None
   os.environ["XLA_FLAGS"] = CPU_XLA_FLAGS
+  # Under this set XLA logs "library_matcher.h:58] Unsupported fusion type: 0" at ERROR level a
+  # few times per compilation (harmless: the YNN fusion is off on purpose); C++ logs below
+  # FATAL are silenced with it unless the user chose a level.
+  os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
   return CPU_XLA_FLAGS
 
 

@@ -46,6 +46,7 @@ def test_every_entry_point_goes_through_run_guarded():
 
 def test_the_cpu_xla_flags_are_set_only_when_xla_flags_is_unset(monkeypatch):
   monkeypatch.delenv("EBM_JAX_XLA_FLAGS", raising=False)
+  monkeypatch.delenv("TF_CPP_MIN_LOG_LEVEL", raising=False)
   monkeypatch.setenv("XLA_FLAGS", "--xla_force_host_platform_device_count=2")
   assert cli.apply_xla_flags() is None  # the user's flags stand, alone
   assert cli.os.environ["XLA_FLAGS"] == "--xla_force_host_platform_device_count=2"
@@ -57,6 +58,7 @@ def test_the_cpu_xla_flags_are_set_only_when_xla_flags_is_unset(monkeypatch):
   assert cli.apply_xla_flags() is None and "XLA_FLAGS" not in cli.os.environ
   monkeypatch.setattr(cli, "_ACCELERATOR_PLUGINS", ("no_such_plugin_here",))
   assert cli.apply_xla_flags() == cli.CPU_XLA_FLAGS == cli.os.environ["XLA_FLAGS"]
+  assert cli.os.environ["TF_CPP_MIN_LOG_LEVEL"] == "3"  # its harmless ERROR lines silenced
 
 
 ENTRY_POINTS = ("ebm_jax.main", "ebm_jax.sample", "ebm_jax.evaluate", "ebm_jax.compose",

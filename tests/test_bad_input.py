@@ -83,6 +83,8 @@ def test_main_rejects_bad_configs_before_touching_the_workdir(tmp_path):
        "loss.kl_all_steps"),
       (["--config.langevin.sampler=hmc", "--config.loss.kl_all_steps=True"],
        "loss.kl_all_steps"),
+      (["--config.buffer.per_device=True", "--config.loss.kl_all_steps=True",
+        "--config.loss.kl_samples=4"], "loss.kl_all_steps"),
   ]
   argvs = [[TINY, *args, f"--workdir={tmp_path}/w{i}"] for i, (args, _) in enumerate(cases)]
   argvs.append([TINY])  # no --workdir

@@ -112,10 +112,15 @@ def run_one(config, workdir: str, *, chains: int, temperatures: int) -> dict:
   return {**out, "step": step, "train_seconds": t1 - t0, "eval_seconds": time.time() - t1}
 
 
+def _grid_points(n: int, lo: float, hi: float) -> np.ndarray:
+  """(n², 2) points of an n × n grid on [lo, hi]², rows of the image along y."""
+  c = np.linspace(lo, hi, n)
+  return np.stack(np.meshgrid(c, c, indexing="xy"), -1).reshape(-1, 2)
+
+
 def _grid_density(energy, n: int, lo: float = -4.0, hi: float = 4.0) -> np.ndarray:
   import jax.numpy as jnp  # pylint: disable=import-outside-toplevel
-  c = np.linspace(lo, hi, n)
-  pts = np.stack(np.meshgrid(c, c, indexing="xy"), -1).reshape(-1, 2)
+  pts = _grid_points(n, lo, hi)
   e = np.asarray(energy(jnp.asarray(pts, jnp.float32)), np.float64).reshape(n, n)
   p = np.exp(-(e - e.min()))
   return p / p.sum()
@@ -123,8 +128,7 @@ def _grid_density(energy, n: int, lo: float = -4.0, hi: float = 4.0) -> np.ndarr
 
 def _true_grid(density: str, n: int = 128, lo: float = -4.0, hi: float = 4.0) -> np.ndarray:
   from ebm_jax.data import toy2d  # pylint: disable=import-outside-toplevel
-  c = np.linspace(lo, hi, n)
-  pts = np.stack(np.meshgrid(c, c, indexing="xy"), -1).reshape(-1, 2)
+  pts = _grid_points(n, lo, hi)
   try:
     p = np.exp(toy2d.toy2d_log_density(density, pts)).reshape(n, n)
   except NotImplementedError:  # a histogram of draws

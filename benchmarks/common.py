@@ -3,6 +3,7 @@
 import copy
 import json
 import os
+import platform
 import resource
 import statistics
 import sys
@@ -102,10 +103,24 @@ def with_chain_length(config, k: int):
   return c
 
 
+def cpu_model() -> dict[str, Any]:
+  """The host CPU's model name and whether it has AMX bf16 units (Linux /proc/cpuinfo): CPU
+  timings are comparable only between machines of one model (this project's 2-core machines
+  have been an Intel CPU with AMX and an AMD EPYC)."""
+  try:
+    with open("/proc/cpuinfo") as f:
+      text = f.read()
+  except OSError:
+    return {"cpu_model": platform.processor() or "unknown", "cpu_amx_bf16": None}
+  names = [line.split(":", 1)[1].strip() for line in text.splitlines()
+           if line.startswith("model name")]
+  return {"cpu_model": names[0] if names else "unknown", "cpu_amx_bf16": "amx_bf16" in text}
+
+
 def device_info() -> dict[str, Any]:
   d = jax.devices()[0]
   return {"device_kind": d.device_kind, "platform": d.platform, "device_count": jax.device_count(),
-          "process_count": jax.process_count(), "cpu_count": os.cpu_count(),
+          "process_count": jax.process_count(), "cpu_count": os.cpu_count(), **cpu_model(),
           "xla_flags": os.environ.get("XLA_FLAGS", "")}
 
 

@@ -20,11 +20,15 @@ analysis of the CPU compile and an estimate of the time per iteration; prints on
 import copy
 import re
 
+from ebm_jax import cli  # first: nothing above this line may import jax
+
+cli.apply_xla_flags()  # XLA reads the flags' log level when jax loads, not later
+
 import jax
 from absl import app, flags
 
 from benchmarks import common
-from ebm_jax import cli, train
+from ebm_jax import train
 
 FLAGS = flags.FLAGS
 common.define_flags()

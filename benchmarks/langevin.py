@@ -11,12 +11,16 @@ Compilation is timed apart; run it on an otherwise idle machine.
 
 import time
 
+from ebm_jax import cli  # first: nothing above this line may import jax
+
+cli.apply_xla_flags()  # XLA reads the flags' log level when jax loads, not later
+
 import jax
 import jax.numpy as jnp
 from absl import app, flags
 
 from benchmarks import common
-from ebm_jax import cli, langevin, sharding, step, train
+from ebm_jax import langevin, sharding, step, train
 
 FLAGS = flags.FLAGS
 common.define_flags()

@@ -1,4 +1,6 @@
-"""Prints a Markdown table of benchmark JSON files (train_step and langevin results).
+"""Prints a Markdown table of benchmark JSON files (train_step and langevin results). "first
+step s" is compile + the first call after it: the time from a built state to a finished first
+step (the first call pays one-off costs beyond compilation: allocation, thread-pool start-up).
 
   python -m benchmarks.report benchmarks/results/cpu_*.json
 """
@@ -14,18 +16,25 @@ def row(name: str, r: dict) -> str:
   mfu = f"{100 * r['mfu']:.1f} %" if r.get("mfu") is not None else "–"
   extras = ", multiscale" * bool(r.get("multiscale")) + ", attention" * bool(r.get("attention"))
   config = os.path.basename(r.get("config", r["data"]))
+  first = r.get("first_call_after_compile_s")
+  to_first = f"{r['compile_s'] + first:.1f}" if first is not None else "–"
+  # ebm_jax.cli.CPU_XLA_FLAGS (absent from results recorded before the set existed)
+  cpu = r.get("cpu_model", "not recorded") if r.get("platform", "cpu") == "cpu" else r["device_kind"]
+  flags = "set" if "onednn_custom_call=true" in (r.get("xla_flags") or "") else "none"
   return (f"| {name} | {r['benchmark']} | {config}: {r['model']} F={r['features']}{extras}; "
           f"data {r['data']} | "
           f"{r['batch_size']} | {r['langevin_steps']} | {r['langevin_unroll']} | "
-          f"{r['device_count']}× {r['device_kind']} | {r['precision']} | {r['compile_s']:.1f} | "
+          f"{r['device_count']}× {r['device_kind']} | {cpu} | {r['precision']} | {flags} | "
+          f"{r['compile_s']:.1f} | {to_first} | "
           f"{timing['median']:.3f} ({timing['min']:.3f}–{timing['max']:.3f}, n={timing['n']}) | "
           f"{flops / 1e9:.1f} | {1e3 * r['achieved_tflops']:.1f} | {mfu} | "
           f"{r['peak_rss_mib']:.0f} |")
 
 
-HEADER = ("| result | script | config: net; data | B | K | unroll | devices | precision | compile s | "
+HEADER = ("| result | script | config: net; data | B | K | unroll | devices | host CPU | precision | XLA flag set | "
+          "compile s | first step s | "
           "median s (min–max, n) | GFLOP | GFLOP/s | MFU | peak RSS MiB |\n"
-          "|---|---|---|---|---|---|---|---|---|---|---|---|---|---|")
+          "|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|")
 
 
 def main(paths: list[str]) -> None:

@@ -17,13 +17,17 @@ show as temporary bytes growing like n·m·D (n = 128, m = 10000: 15.7 GB).
 import copy
 import time
 
+from ebm_jax import cli  # first: nothing above this line may import jax
+
+cli.apply_xla_flags()  # XLA reads the flags' log level when jax loads, not later
+
 import jax
 import jax.numpy as jnp
 import numpy as np
 from absl import app, flags
 
 from benchmarks import common
-from ebm_jax import cli, config_lib, losses, train
+from ebm_jax import config_lib, losses, train
 
 FLAGS = flags.FLAGS
 common.define_flags()

@@ -10,12 +10,16 @@ Run it on an otherwise idle machine.
 
 import time
 
+from ebm_jax import cli  # first: nothing above this line may import jax
+
+cli.apply_xla_flags()  # XLA reads the flags' log level when jax loads, not later
+
 import jax
 import numpy as np
 from absl import app, flags
 
 from benchmarks import common
-from ebm_jax import cli, langevin, train
+from ebm_jax import langevin, train
 
 FLAGS = flags.FLAGS
 common.define_flags()

@@ -162,8 +162,10 @@ _ACCELERATOR_PLUGINS = ("jax_cuda12_plugin", "jax_cuda13_plugin", "jax_rocm60_pl
 
 def apply_xla_flags() -> str | None:
   """Sets XLA_FLAGS to CPU_XLA_FLAGS unless the user set XLA_FLAGS (then theirs stand, alone),
-  EBM_JAX_XLA_FLAGS is 0, or an accelerator plugin is installed. Must run before jax starts
-  its backend (the entry points import nothing that starts it). Returns the flags set."""
+  EBM_JAX_XLA_FLAGS is 0, or an accelerator plugin is installed. Every entry point calls it
+  before its first import of anything that imports jax: XLA reads XLA_FLAGS when the backend
+  starts, but TF_CPP_MIN_LOG_LEVEL (set here with the flags) when jax's library loads. Called
+  again (run_guarded) it changes nothing. Returns the flags set, or None."""
   import importlib.util  # pylint: disable=import-outside-toplevel
   if "XLA_FLAGS" in os.environ:
     return None

@@ -8,10 +8,14 @@ Fig. 10); the operators and the chain are described in ebm_jax/composition.py.
 import json
 import os
 
+from ebm_jax import cli  # first: nothing above this line may import jax
+
+cli.apply_xla_flags()  # XLA reads the flags' log level when jax loads, not later
+
 import jax
 from absl import app, flags
 
-from ebm_jax import cli, composition, images
+from ebm_jax import composition, images
 from ebm_jax.errors import UserError
 
 FLAGS = flags.FLAGS

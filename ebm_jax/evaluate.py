@@ -16,9 +16,13 @@ coverage; `export` writes samples for an FID tool; OOD scores images by −E(x) 
 import json
 import os
 
+from ebm_jax import cli  # first: nothing above this line may import jax
+
+cli.apply_xla_flags()  # XLA reads the flags' log level when jax loads, not later
+
 from absl import app, flags
 
-from ebm_jax import cli, images, restore
+from ebm_jax import images, restore
 from ebm_jax.errors import UserError
 from ebm_jax.eval import features, jem, likelihood, ood, quality
 

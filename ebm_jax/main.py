@@ -13,11 +13,15 @@ writes metrics; every process takes part in checkpointing.
 
 import os
 
+from ebm_jax import cli  # first: nothing above this line may import jax
+
+cli.apply_xla_flags()  # XLA reads the flags' log level when jax loads, not later
+
 import jax
 from absl import app, flags, logging
 from ml_collections import config_flags
 
-from ebm_jax import cli, config_lib, distributed, train
+from ebm_jax import config_lib, distributed, train
 
 FLAGS = flags.FLAGS
 config_flags.DEFINE_config_file("config", None, "Training config file.", lock_config=True)

@@ -10,10 +10,14 @@ plain steps, under the EMA parameters. Output: a PNG grid (a scatter plot for 2-
 
 import os
 
+from ebm_jax import cli  # first: nothing above this line may import jax
+
+cli.apply_xla_flags()  # XLA reads the flags' log level when jax loads, not later
+
 import jax
 from absl import app, flags, logging
 
-from ebm_jax import cli, images, restore, sampling
+from ebm_jax import images, restore, sampling
 from ebm_jax.errors import UserError
 
 FLAGS = flags.FLAGS

@@ -11,7 +11,7 @@ import pytest
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 COMMON = {"device_kind", "device_count", "platform", "compile_s", "achieved_tflops", "mfu",
           "peak_tflops", "peak_rss_mib", "versions", "batch_size", "langevin_steps",
-          "langevin_steps_per_s", "precision"}
+          "langevin_steps_per_s", "precision", "cpu_model", "cpu_amx_bf16", "xla_flags"}
 
 
 @pytest.mark.slow  # benchmark processes that compile FLOP-count variants

@@ -8,6 +8,12 @@ net. At the quickstart's budget (1,500 steps of a 195 k-parameter net) they lear
 visible: measured here, 2,000 steps with λ = 100 and lr 2e-4 left the replay buffer and the
 samples as saturated noise. With lr 1e-3, λ = 10 gave digit-like samples with many scribbles
 after 1,200 steps, λ = 5 clearly recognisable digits of every class.
+
+Two lessons of the Fashion-MNIST recipe (docs/fashion_mnist_recipe.md) carried over and
+measured here (2026-12-01, one seed each, `evaluate quality --num=1000`, floor 39.4): a cosine
+decay of the learning rate and a test-time chain that repeats the training chain (8 × (augmentation
++ 10 steps) + 10 steps, instead of 5 × 20 + 40) took the Fréchet distance from 90.7 to 46.0,
+with all ten classes (coverage entropy 2.26 → 2.29) and less speckle in the samples.
 """
 
 from ebm_jax.configs import default
@@ -35,6 +41,7 @@ def get_config(variant: str = "", regime: default.Edit | None = None):
   c.augment.crop_scale = (0.7, 1.0)  # mild: small crops of an 8x8 digit lose the digit
   c.augment.blur_kernel = 0
   c.optim.learning_rate = 1e-3  # measured (see above); the reference uses 2e-4
+  c.optim.schedule = "cosine"  # to 0 over num_steps: Fréchet 90.7 -> 46.0 with the chain below
   c.optim.ema_decay = 0.99
   c.train.batch_size = 32
   c.train.num_steps = 1500
@@ -42,13 +49,14 @@ def get_config(variant: str = "", regime: default.Edit | None = None):
   c.train.log_grad_terms_every = 100  # for notebooks/gradient_magnitudes.ipynb (paper Fig. 12)
   c.train.image_every = 500
   # quality/* (Fréchet distance, coverage, saturation) of 256 EMA samples, once at the end: each
-  # evaluation runs the 140-step test chain on 256 chains (about 30-60 s on 2 CPU cores).
+  # evaluation runs the 90-step test chain on 256 chains (about 15 s on 2 CPU cores).
   c.train.eval_every = 1500
   c.eval.classifier_steps = 500  # the digits classifier passes 0.85 test accuracy by 300 steps
   c.train.checkpoint_every = 500
   c.train.keep_every = 0
   c.sample.num = 64
-  c.sample.num_blocks = 5
-  c.sample.block_steps = 20
-  c.sample.final_steps = 40
+  # The test-time chain repeats the training chain: 8 × (augmentation + K steps) + K steps.
+  c.sample.num_blocks = 8
+  c.sample.block_steps = c.langevin.num_steps
+  c.sample.final_steps = c.langevin.num_steps
   return default.finish(c, variant, regime=regime)

@@ -7,11 +7,15 @@ The rows, their metrics and the stability verdict are described in ablation_lib.
 skips finished rows and resumes an interrupted one from its checkpoints.
 """
 
+from ebm_jax import cli  # first: nothing above this line may import jax
+
+cli.apply_xla_flags()  # XLA reads the flags' log level when jax loads, not later
+
 import ml_collections
 from absl import app, flags
 from ml_collections import config_flags
 
-from ebm_jax import cli, config_lib
+from ebm_jax import config_lib
 from ebm_jax.errors import UserError
 from ebm_jax.experiments import ablation_lib
 

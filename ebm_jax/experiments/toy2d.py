@@ -7,9 +7,12 @@ exact (grid-integrated) held-out likelihood with AIS beside it; resumable.
 What each regime is and what is written: ebm_jax/experiments/toy2d_lib.py.
 """
 
+from ebm_jax import cli  # first: nothing above this line may import jax
+
+cli.apply_xla_flags()  # XLA reads the flags' log level when jax loads, not later
+
 from absl import app, flags
 
-from ebm_jax import cli
 from ebm_jax.errors import UserError
 from ebm_jax.experiments import toy2d_lib
 

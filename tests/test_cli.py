@@ -72,6 +72,7 @@ def test_entry_points_set_the_flags_before_anything_imports_jax():
   import sys  # pylint: disable=import-outside-toplevel
   root = pathlib.Path(__file__).resolve().parents[1]
   for module in ENTRY_POINTS + ("benchmarks.langevin", "benchmarks.sampler", "benchmarks.scaling",
+                                "benchmarks.precision",
                                 "benchmarks.export"):
     text = (root / (module.replace(".", "/") + ".py")).read_text()
     imports = [m.start() for m in re.finditer(r"^(import|from) (?!ebm_jax import cli\b)"

@@ -21,7 +21,6 @@ import copy
 import re
 
 from ebm_jax import cli  # first: nothing above this line may import jax
-
 cli.apply_xla_flags()  # XLA reads the flags' log level when jax loads, not later
 
 import jax

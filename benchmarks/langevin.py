@@ -12,7 +12,6 @@ Compilation is timed apart; run it on an otherwise idle machine.
 import time
 
 from ebm_jax import cli  # first: nothing above this line may import jax
-
 cli.apply_xla_flags()  # XLA reads the flags' log level when jax loads, not later
 
 import jax

@@ -18,7 +18,6 @@ sampler sees (E and ∇ₓE) and what one Langevin step's work costs; prints one
 import time
 
 from ebm_jax import cli  # first: nothing above this line may import jax
-
 cli.apply_xla_flags()  # XLA reads the flags' log level when jax loads, not later
 
 import jax

@@ -17,7 +17,6 @@ import json
 import os
 
 from ebm_jax import cli  # first: nothing above this line may import jax
-
 cli.apply_xla_flags()  # XLA reads the flags' log level when jax loads, not later
 
 from absl import app, flags

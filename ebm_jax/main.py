@@ -14,7 +14,6 @@ writes metrics; every process takes part in checkpointing.
 import os
 
 from ebm_jax import cli  # first: nothing above this line may import jax
-
 cli.apply_xla_flags()  # XLA reads the flags' log level when jax loads, not later
 
 import jax

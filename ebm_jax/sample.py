@@ -11,7 +11,6 @@ plain steps, under the EMA parameters. Output: a PNG grid (a scatter plot for 2-
 import os
 
 from ebm_jax import cli  # first: nothing above this line may import jax
-
 cli.apply_xla_flags()  # XLA reads the flags' log level when jax loads, not later
 
 import jax

@@ -8,7 +8,6 @@ skips finished rows and resumes an interrupted one from its checkpoints.
 """
 
 from ebm_jax import cli  # first: nothing above this line may import jax
-
 cli.apply_xla_flags()  # XLA reads the flags' log level when jax loads, not later
 
 import ml_collections

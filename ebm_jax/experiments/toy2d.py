@@ -8,7 +8,6 @@ What each regime is and what is written: ebm_jax/experiments/toy2d_lib.py.
 """
 
 from ebm_jax import cli  # first: nothing above this line may import jax
-
 cli.apply_xla_flags()  # XLA reads the flags' log level when jax loads, not later
 
 from absl import app, flags

@@ -135,7 +135,9 @@ def get_config(variant: str = "") -> ml_collections.ConfigDict:
   c.optim = ml_collections.ConfigDict()
   c.optim.name = "adam"  # 'adam' (ref §4) or 'igebm' (IGEBM's per-element update clip)
   c.optim.learning_rate = 2e-4  # ref §4 (paper: Adam, no value)
-  c.optim.schedule = "constant"  # ref §4; 'cosine' decays to final_lr_fraction over num_steps
+  # ref §4; 'cosine' decays to final_lr_fraction over train.num_steps (raising num_steps to
+  # extend a finished run lifts the rate again: the decay is recomputed over the new length)
+  c.optim.schedule = "constant"
   c.optim.final_lr_fraction = 0.0  # cosine only
   c.optim.b1 = 0.0  # ref §4 (no momentum)
   c.optim.b2 = 0.9  # ref §4

@@ -23,7 +23,8 @@ NUM_STEPS = 6
 def _config(**overrides):
   c = digits.get_config("tiny")
   # Some runs here stop by a smaller num_steps and resume with NUM_STEPS; a cosine rate decays
-  # over num_steps, so their comparisons with an uninterrupted run need a constant rate.
+  # over num_steps, so their comparisons with an uninterrupted run need a constant rate (and
+  # _main's processes the same config).
   c.optim.schedule = "constant"
   c.train.num_steps = NUM_STEPS
   c.train.checkpoint_every = 2
@@ -65,7 +66,7 @@ def _main(workdir, *flags):
   proc = subprocess.run(
       [sys.executable, "-m", "ebm_jax.main", "--config=configs/digits.py:tiny",
        f"--workdir={workdir}", *_flags(train__num_steps=NUM_STEPS, train__checkpoint_every=2,
-                                      train__log_every=1), *flags],
+                                      train__log_every=1, optim__schedule="constant"), *flags],
       capture_output=True, text=True, timeout=600, cwd=ROOT)
   return proc.returncode, proc.stdout + proc.stderr
 

@@ -18,8 +18,8 @@ def row(name: str, r: dict) -> str:
   config = os.path.basename(r.get("config", r["data"]))
   first = r.get("first_call_after_compile_s")
   to_first = f"{r['compile_s'] + first:.1f}" if first is not None else "–"
-  # ebm_jax.cli.CPU_XLA_FLAGS (absent from results recorded before the set existed)
   cpu = r.get("cpu_model", "not recorded") if r.get("platform", "cpu") == "cpu" else r["device_kind"]
+  # ebm_jax.cli.CPU_XLA_FLAGS (absent from results recorded before the set existed)
   flags = "set" if "onednn_custom_call=true" in (r.get("xla_flags") or "") else "none"
   return (f"| {name} | {r['benchmark']} | {config}: {r['model']} F={r['features']}{extras}; "
           f"data {r['data']} | "

@@ -26,7 +26,7 @@ import numpy as np
 from absl import app, flags
 
 from benchmarks import common
-from ebm_jax import models, train
+from ebm_jax import models, step, train
 
 FLAGS = flags.FLAGS
 common.define_flags()
@@ -70,7 +70,7 @@ def run() -> dict:
 
   noise = jax.random.uniform(jax.random.key(0), (b,) + shape)
   data = setup.global_batch(next(setup.stream(0)))["image"]
-  data = jnp.asarray(data, jnp.float32) / 255.0 if data.dtype == jnp.uint8 else data
+  data = step.dequantize(jax.random.key(3), data, setup.info.levels)  # as the train step does
   out = {"benchmark": "precision", "config": common.config_name(), "data": config.data.name,
          "model": config.model.name, "features": config.model.features,
          "multiscale": config.model.multiscale, "attention": config.model.attention,

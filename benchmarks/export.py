@@ -103,6 +103,7 @@ def memory(setup: train.Setup) -> dict:
 def run() -> dict:
   config = cli.load_config_flag()
   config.langevin.unroll = 0  # auto; the rolled chain of GPU/TPU is asked for below
+  config.langevin.host_segment = 0  # GPU/TPU run the chain inside the one step program
   gpu_like = copy.deepcopy(config)
   gpu_like.langevin.unroll = 1
   setup = train.Setup(gpu_like)

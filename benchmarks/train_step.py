@@ -41,7 +41,8 @@ def run() -> dict:
   first_s, times = common.timed(call, FLAGS.repeats, FLAGS.warmup)
   finite = bool(np.asarray(call()["finite"]))
   b, k = config.train.batch_size, config.langevin.num_steps
-  unroll = langevin.resolve_unroll(config.langevin.unroll, k)
+  # Host-driven segments are straight-line programs: their cost analysis counts every step.
+  unroll = k if setup.host_segment else langevin.resolve_unroll(config.langevin.unroll, k)
   med = float(np.median(times))
   flops = common.flops_linear_in_k(
       lambda k_small: common.flops_of(train.Setup(common.with_chain_length(config, k_small))
@@ -56,6 +57,7 @@ def run() -> dict:
       "multiscale": config.model.multiscale, "attention": config.model.attention,
       "batch_size": b, "langevin_steps": k, "kl_samples": config.loss.kl_samples or b,
       "precision": precision, "langevin_unroll": unroll,
+      "langevin_host_segment": setup.host_segment,
       "num_params": int(sum(x.size for x in jax.tree.leaves(state.params))),
       "compile_s": compile_s, "first_call_after_compile_s": first_s,
       "step_s": common.summary(times), "images_per_s": b / med,

@@ -111,6 +111,8 @@ def validate(config: ml_collections.ConfigDict, num_devices: int = 1) -> None:
           "must be 0 with langevin.sampler='hmc' (HMC's leapfrog needs the exact gradient)")
     check(lv.leapfrog_steps >= 1, "langevin.leapfrog_steps", "must be at least 1")
   check(lv.unroll >= 0, "langevin.unroll", "must be >= 0 (steps per loop iteration; 0 = auto)")
+  check(lv.host_segment >= -1, "langevin.host_segment",
+        "must be -1 (auto), 0 (chain inside the step program) or a number of steps")
   check(not (bf.per_device and lo.kl_all_steps and lo.kl_samples not in (0, t.batch_size)),
         "loss.kl_all_steps", "replays the chain on the first kl_samples rows; with "
         "buffer.per_device=True the KL rows are spread over the devices: set loss.kl_samples=0")

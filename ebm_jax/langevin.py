@@ -223,6 +223,26 @@ def run_chain(kernel, key: jax.Array, x0: jax.Array, num_steps: int,
   return jax.lax.scan(body, init(x0), (jnp.arange(num_steps), sigmas), unroll=unroll)
 
 
+def run_segment(kernel, key: jax.Array, state: LangevinState, sigmas: jax.Array,
+                first: jax.Array | int):
+  """Steps first, ..., first + len(sigmas) − 1 of a `run_chain` chain as straight-line code
+  (no loop), from `state`: the k-th step uses fold_in(key, k) and σ = sigmas[k − first], so
+  running a chain's segments in turn gives exactly its `run_chain` result. Returns (state,
+  infos with leading axis len(sigmas)). `first` may be traced: one program serves every
+  segment of a length."""
+  infos = []
+  for i in range(sigmas.shape[0]):
+    state, info = kernel(jax.random.fold_in(key, first + i), state, sigmas[i])
+    infos.append(info)
+  return state, jax.tree.map(lambda *a: jnp.stack(a), *infos)
+
+
+def segment_lengths(num_steps: int, segment: int) -> list[int]:
+  """A K-step chain cut into segments of `segment` steps, the last one shorter if needed."""
+  full, rest = divmod(num_steps, segment)
+  return [segment] * full + ([rest] if rest else [])
+
+
 def test_chain_segments(num_blocks: int, block_steps: int,
                         final_steps: int) -> list[tuple[int, bool]]:
   """The test-time chain (paper §2.3, docs/reference.md §5) as segments (steps, transition

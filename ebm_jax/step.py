@@ -69,15 +69,36 @@ class NegativePhase(NamedTuple):
   class_labels: jax.Array | None = None  # JEM: one-hot labels of x⁺ for the cross-entropy
 
 
-def make_negative_phase(config: ml_collections.ConfigDict, model, info: data_lib.DatasetInfo,
-                        mesh=None):
-  """Returns phase(state, batch) -> NegativePhase: DESIGN.md's steps 1-3 for the step that
-  `state` is about to take, with that step's random numbers (so analysis code sees exactly
-  what the training step sees)."""
-  lc, bc = config.langevin, config.buffer
+class ChainStart(NamedTuple):
+  """DESIGN.md's step 1 for one step: what the chain starts from and what it samples under."""
+  x_pos: jax.Array
+  labels: jax.Array | None  # the chain's (and L_CD's) labels; None unconditionally
+  x0: jax.Array  # chain starts
+  restart: jax.Array  # (B,) bool: chains started from noise
+  model_state: Any  # after this step's power iteration (spectral norm)
+  chain_key: jax.Array
+  class_labels: jax.Array | None = None  # JEM: one-hot labels of x⁺ for the cross-entropy
+
+
+class PhaseParts(NamedTuple):
+  """The negative phase in three parts, so that the chain can run inside one program
+  (`make_negative_phase`) or as host-dispatched segments (`ebm_jax.host_step`):
+    start(state, batch) -> ChainStart       (DESIGN.md step 1)
+    the chain: `chain_kernel` run K times     (step 2)
+    finish(state, start, final, infos) -> NegativePhase   (step 3)
+  """
+  start: Any
+  energy: Any  # energy(params, model_state, x, y) -> (B, S)
+  finish: Any
+
+
+def make_phase_parts(config: ml_collections.ConfigDict, model, info: data_lib.DatasetInfo,
+                     mesh=None) -> PhaseParts:
+  """The three parts of `make_negative_phase` (see PhaseParts), each with the step's random
+  numbers: every part derives its keys from (seed, state.recoveries, state.step) alone."""
+  bc = config.buffer
   energy = energy_fn(model)
   transition = augment_lib.make_transition(config.augment) if bc.augment else None
-  x_range = langevin.box(lc.clip_x)
   batch_size = config.train.batch_size
   n_kl = config.loss.kl_samples or batch_size
   jem = bool(config.model.jem)
@@ -97,12 +118,14 @@ def make_negative_phase(config: ml_collections.ConfigDict, model, info: data_lib
       return x
     return jax.lax.with_sharding_constraint(x, sharding.batch_sharded(mesh))
 
-  def phase(state: state_lib.TrainState, batch: dict[str, jax.Array]) -> NegativePhase:
+  def keys(state):
     # The rollback counter is folded in first: after a rollback the same steps draw new numbers.
     key = jax.random.fold_in(jax.random.fold_in(seed_keys(config.seed)[1], state.recoveries),
                              state.step)
-    (k_deq, k_draw, k_aug, k_restart, k_noise, k_chain, k_add, k_refs,
-     k_refs_aug) = jax.random.split(key, 9)
+    return jax.random.split(key, 9)
+
+  def start(state: state_lib.TrainState, batch: dict[str, jax.Array]) -> ChainStart:
+    k_deq, k_draw, k_aug, k_restart, k_noise, k_chain, _, _, _ = keys(state)
     x_pos = dequantize(k_deq, batch["image"], info.levels)
     if inject_at > 0:  # fault injection for tests (debug.*): a NaN (or huge) batch at one step
       inject = ((state.step + 1 == inject_at)
@@ -114,9 +137,8 @@ def make_negative_phase(config: ml_collections.ConfigDict, model, info: data_lib
     if spectral:  # one power iteration per step, on the data batch (IGEBM spectral norm)
       _, model_state = model.apply({"params": state.params, **model_state}, x_pos, y,
                                    train=True, mutable=list(model_state))
-    params_sg = jax.lax.stop_gradient(state.params)  # the chain never carries θ-gradients
 
-    # 1. chain starts: buffer draws, one augmentation transition, noise restarts
+    # chain starts: buffer draws, one augmentation transition, noise restarts
     if groups:
       x0 = buffer_lib.sample_groups(state.buffer, k_draw, batch_size)
       empty = jnp.repeat(state.buffer.size == 0, batch_size // groups)
@@ -134,16 +156,13 @@ def make_negative_phase(config: ml_collections.ConfigDict, model, info: data_lib
     restart = ((jax.random.uniform(k_restart, (batch_size,)) < bc.noise_restart_prob)
                | empty)
     x0 = constrain(jnp.where(restart.reshape((-1,) + (1,) * (x0.ndim - 1)), noise, x0))
+    return ChainStart(x_pos=x_pos, labels=y, x0=x0, restart=restart, model_state=model_state,
+                      chain_key=k_chain, class_labels=batch["label"] if jem else None)
 
-    # 2. K Langevin steps
-    kernel = langevin.build_kernel(lambda x: energy(params_sg, model_state, x, y),
-                                   lc.step_size, lc.grad_clip, x_range, lc.sampler,
-                                   lc.leapfrog_steps)
-    final, infos = langevin.run_chain(kernel, k_chain, x0, lc.num_steps, lc.noise_scale,
-                                      lc.anneal_noise,
-                                      unroll=langevin.resolve_unroll(lc.unroll, lc.num_steps))
-
-    # 3. reservoir add, then the entropy comparison set from the updated buffer
+  def finish(state: state_lib.TrainState, begun: ChainStart, final: langevin.LangevinState,
+             infos: langevin.LangevinInfo) -> NegativePhase:
+    *_, k_add, k_refs, k_refs_aug = keys(state)
+    # reservoir add, then the entropy comparison set from the updated buffer
     if groups:
       new_buffer = buffer_lib.add_groups(state.buffer, k_add, final.x, bc.kind)
       refs = buffer_lib.refs_groups(new_buffer, k_refs, config.loss.ent_num_refs)
@@ -153,12 +172,41 @@ def make_negative_phase(config: ml_collections.ConfigDict, model, info: data_lib
     if transition is not None:
       flat = refs.reshape((-1,) + refs.shape[-len(info.shape):])
       refs = augment_lib.augment_batch(transition, k_refs_aug, flat).reshape(refs.shape)
-    kl = losses.KLInputs(x_noised=final.x_noised[kl_rows], x0=x0[kl_rows], chain_key=k_chain,
-                         labels=None if y is None else y[kl_rows])
-    return NegativePhase(x_pos=x_pos, labels=y, x_neg=final.x, kl=kl, ent_refs=refs,
+    y = begun.labels
+    kl = losses.KLInputs(x_noised=final.x_noised[kl_rows], x0=begun.x0[kl_rows],
+                         chain_key=begun.chain_key, labels=None if y is None else y[kl_rows])
+    return NegativePhase(x_pos=begun.x_pos, labels=y, x_neg=final.x, kl=kl, ent_refs=refs,
                          ent_active=jnp.all(new_buffer.size > config.loss.ent_min_buffer),
-                         model_state=model_state, buffer=new_buffer, restart=restart,
-                         infos=infos, class_labels=batch["label"] if jem else None)
+                         model_state=begun.model_state, buffer=new_buffer,
+                         restart=begun.restart, infos=infos, class_labels=begun.class_labels)
+
+  return PhaseParts(start=start, energy=energy, finish=finish)
+
+
+def chain_kernel(config: ml_collections.ConfigDict, energy, params, begun: ChainStart):
+  """The training chain's Langevin kernel on sg(θ): the chain never carries θ-gradients."""
+  lc = config.langevin
+  params_sg = jax.lax.stop_gradient(params)
+  return langevin.build_kernel(lambda x: energy(params_sg, begun.model_state, x, begun.labels),
+                               lc.step_size, lc.grad_clip, langevin.box(lc.clip_x), lc.sampler,
+                               lc.leapfrog_steps)
+
+
+def make_negative_phase(config: ml_collections.ConfigDict, model, info: data_lib.DatasetInfo,
+                        mesh=None):
+  """Returns phase(state, batch) -> NegativePhase: DESIGN.md's steps 1-3 for the step that
+  `state` is about to take, with that step's random numbers (so analysis code sees exactly
+  what the training step sees), the K Langevin steps inside the one program."""
+  lc = config.langevin
+  parts = make_phase_parts(config, model, info, mesh)
+
+  def phase(state: state_lib.TrainState, batch: dict[str, jax.Array]) -> NegativePhase:
+    begun = parts.start(state, batch)
+    kernel = chain_kernel(config, parts.energy, state.params, begun)
+    final, infos = langevin.run_chain(kernel, begun.chain_key, begun.x0, lc.num_steps,
+                                      lc.noise_scale, lc.anneal_noise,
+                                      unroll=langevin.resolve_unroll(lc.unroll, lc.num_steps))
+    return parts.finish(state, begun, final, infos)
 
   return phase
 
@@ -186,14 +234,11 @@ def make_loss_fn(config: ml_collections.ConfigDict, model, neg: NegativePhase):
   return jem_loss
 
 
-def make_train_step(config: ml_collections.ConfigDict, model, info: data_lib.DatasetInfo,
-                    tx: optax.GradientTransformation, mesh=None):
-  """Returns the pure step(state, batch) -> (state, metrics, negatives[:NUM_GRID])."""
-  phase = make_negative_phase(config, model, info, mesh)
+def make_update(config: ml_collections.ConfigDict, model, tx: optax.GradientTransformation):
+  """Returns update(state, neg) -> (state, metrics, negatives[:NUM_GRID]): DESIGN.md's step 4
+  (loss, gradient, clip + Adam, EMA, the divergence guard) after a negative phase."""
 
-  def train_step(state: state_lib.TrainState, batch: dict[str, jax.Array]):
-    neg = phase(state, batch)  # steps 1-3: chain starts, K Langevin steps, buffer
-    # 4. loss, update, EMA
+  def update(state: state_lib.TrainState, neg: NegativePhase):
     loss_fn = make_loss_fn(config, model, neg)
     (loss, aux), grads = jax.value_and_grad(loss_fn, has_aux=True)(state.params)
     updates, opt_state = tx.update(grads, state.opt_state, state.params)
@@ -227,5 +272,18 @@ def make_train_step(config: ml_collections.ConfigDict, model, info: data_lib.Dat
                               opt_state=opt_state, buffer=neg.buffer,
                               model_state=neg.model_state, guard=guard)
     return new_state, metrics, neg.x_neg[:NUM_GRID]
+
+  return update
+
+
+def make_train_step(config: ml_collections.ConfigDict, model, info: data_lib.DatasetInfo,
+                    tx: optax.GradientTransformation, mesh=None):
+  """Returns the pure step(state, batch) -> (state, metrics, negatives[:NUM_GRID]), the whole
+  step in one program (`ebm_jax.host_step` runs the same step with the chain host-driven)."""
+  phase = make_negative_phase(config, model, info, mesh)
+  update = make_update(config, model, tx)
+
+  def train_step(state: state_lib.TrainState, batch: dict[str, jax.Array]):
+    return update(state, phase(state, batch))  # steps 1-3, then 4
 
   return train_step

@@ -23,6 +23,7 @@ from ebm_jax import config_lib
 from ebm_jax import data as data_lib
 from ebm_jax import distributed
 from ebm_jax import guard as guard_lib
+from ebm_jax import host_step
 from ebm_jax import images, models, sampling, sharding, signals
 from ebm_jax import state as state_lib
 from ebm_jax.errors import DivergenceError
@@ -79,11 +80,18 @@ class Setup:
           buffer=jax.tree.map(lambda _: split, self.abstract_state.buffer))
     self.batch_sharding = {"image": sharding.batch_sharded(self.mesh),
                            "label": sharding.batch_sharded(self.mesh)}
-    self.step_fn = jax.jit(
-        make_train_step(config, self.model, self.info, self.tx, self.mesh),
-        in_shardings=(self.state_sharding, self.batch_sharding),
-        out_shardings=(self.state_sharding, rep, sharding.batch_sharded(self.mesh)),
-        donate_argnums=0)
+    self.host_segment = host_step.resolve_segment(config.langevin.host_segment,
+                                                  config.langevin.num_steps)
+    if self.host_segment:  # the chain as host-dispatched straight-line segments (CPU)
+      self.step_fn = host_step.HostChainStep(config, self.model, self.info, self.tx, self.mesh,
+                                             self.state_sharding, self.batch_sharding,
+                                             self.host_segment)
+    else:
+      self.step_fn = jax.jit(
+          make_train_step(config, self.model, self.info, self.tx, self.mesh),
+          in_shardings=(self.state_sharding, self.batch_sharding),
+          out_shardings=(self.state_sharding, rep, sharding.batch_sharded(self.mesh)),
+          donate_argnums=0)
 
   @functools.cached_property
   def decompose_fn(self):

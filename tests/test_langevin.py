@@ -129,6 +129,30 @@ def test_unrolled_chain_computes_the_same_numbers():
   np.testing.assert_allclose(infos.grad_norm, infos_u.grad_norm, rtol=1e-6)
 
 
+@pytest.mark.parametrize("anneal", [False, True])
+def test_segments_run_in_turn_are_the_chain(anneal):
+  # ebm_jax/host_step.py runs the training chain as segments dispatched from the host
+  kernel = langevin.build_kernel(gaussian_energy(0.5, 0.3), 0.01)
+  x0 = jax.random.uniform(jax.random.key(1), (6, 5))
+  key = jax.random.key(2)
+  want, want_infos = langevin.run_chain(kernel, key, x0, 7, 0.02, anneal)
+  sigmas = langevin.noise_schedule(0.02, 7, anneal)
+  segment = jax.jit(lambda state, sig, first: langevin.run_segment(kernel, key, state, sig, first))
+  state, infos, first = langevin.init(x0), [], 0
+  assert langevin.segment_lengths(7, 3) == [3, 3, 1]
+  for n in langevin.segment_lengths(7, 3):
+    state, info = segment(state, sigmas[first:first + n], first)
+    infos.append(info)
+    first += n
+  np.testing.assert_allclose(state.x, want.x, rtol=1e-6, atol=1e-7)
+  np.testing.assert_allclose(state.x_noised, want.x_noised, rtol=1e-6, atol=1e-7)
+  got = jax.tree.map(lambda *a: jnp.concatenate(a), *infos)
+  np.testing.assert_allclose(got.grad_norm, want_infos.grad_norm, rtol=1e-6)
+  np.testing.assert_allclose(got.energy, want_infos.energy, rtol=1e-6)
+  assert segment._cache_size() == 2  # one program per segment length, whatever `first`
+  assert langevin.segment_lengths(40, 5) == [5] * 8 and langevin.segment_lengths(3, 5) == [3]
+
+
 def test_auto_unroll_unrolls_the_whole_chain_on_cpu_only():
   assert langevin.resolve_unroll(0, 40, "cpu") == 40
   assert langevin.resolve_unroll(0, 40, "gpu") == 1 and langevin.resolve_unroll(0, 40, "tpu") == 1

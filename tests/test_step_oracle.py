@@ -236,10 +236,14 @@ def _close(a, b, what, rtol=2e-4, atol=1e-6):
 
 
 # ICD in the default run; the IGEBM and JEM steps (their own compiles) with `pytest -m slow`.
-@pytest.mark.parametrize("kind", ["icd", pytest.param("igebm", marks=pytest.mark.slow),
-                                  pytest.param("jem", marks=pytest.mark.slow)])
-def test_one_step_equals_the_oracle(kind, fashion_mnist_dir):
+# host_segment: the chain inside the one step program (0, GPU/TPU's default), or run from the
+# host as a 2-step and a 1-step program (ebm_jax/host_step.py, CPU's default).
+@pytest.mark.parametrize("kind,segment", [
+    ("icd", 0), ("icd", 2), pytest.param("igebm", -1, marks=pytest.mark.slow),
+    pytest.param("jem", -1, marks=pytest.mark.slow)])
+def test_one_step_equals_the_oracle(kind, segment, fashion_mnist_dir):
   config = _config(kind, fashion_mnist_dir)
+  config.langevin.host_segment = segment
   setup = train.Setup(config)
   state = _known_state(setup, np.random.default_rng(0))
   batch = setup.global_batch(next(setup.stream(int(state.step))))

@@ -80,6 +80,12 @@ def get_config(variant: str = "") -> ml_collections.ConfigDict:
   # rounding). 0 = auto: the whole chain on CPU (XLA:CPU runs unrolled steps ~5x faster at K=40,
   # benchmarks/README.md; compile time grows with K), a rolled loop on GPU/TPU.
   c.langevin.unroll = 0
+  # Langevin steps per host-dispatched chain program in training (ebm_jax/host_step.py): the
+  # step then runs as a start program, K/S calls of one straight-line S-step program and a
+  # finishing program, with the same result. -1 = auto: 5 on CPU (XLA:CPU runs the chain ~2.7x
+  # slower in a loop, and a fully unrolled one compiles for minutes), 0 on GPU/TPU; 0 = the
+  # chain inside the one step program, rolled or unrolled per langevin.unroll.
+  c.langevin.host_segment = -1
 
   # ---------------------------------------------------------------- losses
   c.loss = ml_collections.ConfigDict()

@@ -1,0 +1,155 @@
+"""The training step with its Langevin chain driven from the host (`langevin.host_segment`).
+
+The same step as `step.make_train_step` (same random numbers, same result up to float
+rounding), run as three kinds of program instead of one:
+  start    DESIGN.md's step 1 (chain starts),
+  segment  S Langevin steps as straight-line code, called K / S times (a shorter one last),
+  finish   steps 3-4 (buffer, loss, update), donating the state.
+Why: XLA:CPU runs the chain's convolutions about 2.7× slower inside a `while` loop than as
+straight-line code, and unrolling all K steps into one program takes minutes to compile
+(benchmarks/README.md, "Host-driven chain"). A segment compiles once, in seconds, and runs at
+unrolled speed; the host dispatches K / S calls a step (microseconds each, against a fraction
+of a second of work per call). GPU and TPU keep the chain inside the one program.
+"""
+
+from typing import Any
+
+import jax
+import jax.numpy as jnp
+import ml_collections
+import numpy as np
+import optax
+
+from ebm_jax import langevin, sharding
+from ebm_jax import step as step_lib
+
+
+def resolve_segment(segment: int, num_steps: int, backend: str | None = None) -> int:
+  """`langevin.host_segment` as steps per host-dispatched program (0: chain in the step
+  program). −1 (auto): 5 on CPU (the fastest of 1, 5, 10, 20 measured for the CIFAR-10 net,
+  with 13 s of compilation against 47 s rolled and minutes unrolled), 0 elsewhere."""
+  if segment < 0:
+    segment = 5 if (backend or jax.default_backend()) == "cpu" else 0
+  return min(segment, num_steps)
+
+
+class HostChainStep:
+  """step(state, batch) -> (state, metrics, negatives), like the jitted one-program step: it
+  donates `state`, and has `lower(state, batch).compile()` for ahead-of-time compilation."""
+
+  def __init__(self, config: ml_collections.ConfigDict, model, info, tx: optax.GradientTransformation,
+               mesh, state_sharding, batch_sharding, segment: int):
+    lc = config.langevin
+    parts = step_lib.make_phase_parts(config, model, info, mesh)
+    update = step_lib.make_update(config, model, tx)
+    self.lengths = langevin.segment_lengths(lc.num_steps, segment)
+    self.sigmas = np.asarray(langevin.noise_schedule(1.0, lc.num_steps, lc.anneal_noise)
+                             * lc.noise_scale, np.float32)
+    split, rep = sharding.batch_sharded(mesh), sharding.replicated(mesh)
+
+    def segment_fn(params, begun, lstate, sigmas, first):
+      kernel = step_lib.chain_kernel(config, parts.energy, params, begun)
+      return langevin.run_segment(kernel, begun.chain_key, lstate, sigmas, first)
+
+    def finish(state, begun, final, infos):
+      infos = jax.tree.map(lambda *a: jnp.concatenate(a), *infos)
+      return update(state, parts.finish(state, begun, final, infos))
+
+    self._start = jax.jit(parts.start, in_shardings=(state_sharding, batch_sharding))
+    self._segment = jax.jit(segment_fn, out_shardings=(langevin.LangevinState(split, split),
+                                                       None))
+    self._finish = jax.jit(finish, out_shardings=(state_sharding, rep, split),
+                           donate_argnums=0)
+    self._programs = None  # (start, {length: segment}, finish) once compiled ahead of time
+
+  def __call__(self, state, batch):
+    return self._run(self._start, {n: self._segment for n in set(self.lengths)}, self._finish,
+                     state, batch)
+
+  def _run(self, start, segments, finish, state, batch):
+    begun = start(state, batch)
+    lstate, infos, first = langevin.init(begun.x0), [], 0
+    for n in self.lengths:
+      lstate, info = segments[n](state.params, begun, lstate, self.sigmas[first:first + n],
+                                 np.int32(first))
+      infos.append(info)
+      first += n
+    return finish(state, begun, lstate, tuple(infos))
+
+  def lower(self, state, batch) -> "_Lowered":
+    """Lowers the three programs for these arguments (arrays or ShapeDtypeStructs with
+    shardings); `.compile()` on the result compiles them all."""
+    return _Lowered(self, state, batch)
+
+  def _cache_size(self) -> int:
+    """The most compilations of any one program by calls so far (1 when nothing recompiled;
+    the segment program is compiled once per distinct segment length)."""
+    # pylint: disable=protected-access
+    return max(self._start._cache_size(), self._finish._cache_size(),
+               self._segment._cache_size() - len(set(self.lengths)) + 1)
+
+
+def _like(out, shardings):
+  """ShapeDtypeStructs of a compiled program's outputs, with their shardings."""
+  return jax.tree.map(lambda o, s: jax.ShapeDtypeStruct(o.shape, o.dtype, sharding=s),
+                      out, shardings)
+
+
+class _Lowered:
+  """A HostChainStep to compile for given arguments. The programs are lowered and compiled in
+  turn by `compile()`, each for the output shardings the compiled program before it chose."""
+
+  def __init__(self, step: HostChainStep, state, batch):
+    self.step, self.state, self.batch = step, state, batch
+
+  def compile(self) -> "_Compiled":
+    step, state = self.step, self.state
+    # pylint: disable=protected-access
+    start = step._start.lower(state, self.batch).compile()
+    begun = _like(start.out_info, start.output_shardings)
+    params = jax.tree.map(lambda a: jax.ShapeDtypeStruct(a.shape, a.dtype,
+                                                         sharding=getattr(a, "sharding", None)),
+                          state.params)
+    lstate = langevin.init(begun.x0)
+    segments, infos, first = {}, [], 0
+    for n in step.lengths:
+      if n not in segments:
+        segments[n] = step._segment.lower(params, begun, lstate,
+                                          jax.ShapeDtypeStruct((n,), np.float32),
+                                          np.int32(first)).compile()
+      lstate, info = _like(segments[n].out_info, segments[n].output_shardings)
+      infos.append(info)
+      first += n
+    finish = step._finish.lower(state, begun, lstate, tuple(infos)).compile()
+    return _Compiled(step, start, segments, finish)
+
+
+class _Compiled:
+  """A HostChainStep's programs compiled ahead of time: call it as the step."""
+
+  def __init__(self, step: HostChainStep, start, segments: dict[int, Any], finish):
+    self.step, self.start, self.segments, self.finish = step, start, segments, finish
+    self.input_shardings = start.input_shardings
+
+  def __call__(self, state, batch):
+    return self.step._run(self.start, self.segments, self.finish, state, batch)  # pylint: disable=protected-access
+
+  def memory_analysis(self):
+    """XLA's memory analysis of the program with the most temporary memory (the programs run
+    one after another, so theirs is the step's peak of temporaries)."""
+    analyses = [c.memory_analysis() for c in [self.start, self.finish, *self.segments.values()]]
+    analyses = [a for a in analyses if a is not None]
+    return max(analyses, key=lambda a: a.temp_size_in_bytes) if analyses else None
+
+  def cost_analysis(self) -> dict[str, float]:
+    """XLA's cost analysis summed over one step's program calls (FLOPs and bytes accessed),
+    per device as for a single program."""
+    calls = [self.start, self.finish] + [self.segments[n] for n in self.step.lengths]
+    total: dict[str, float] = {}
+    for c in calls:
+      cost = c.cost_analysis()
+      cost = (cost[0] if cost else {}) if isinstance(cost, (list, tuple)) else (cost or {})
+      for k in ("flops", "bytes accessed"):
+        if k in cost:
+          total[k] = total.get(k, 0.0) + float(cost[k])
+    return total

@@ -5,11 +5,12 @@ rounding), run as three kinds of program instead of one:
   start    DESIGN.md's step 1 (chain starts),
   segment  S Langevin steps as straight-line code, called K / S times (a shorter one last),
   finish   steps 3-4 (buffer, loss, update), donating the state.
-Why: XLA:CPU runs the chain's convolutions about 2.7× slower inside a `while` loop than as
-straight-line code, and unrolling all K steps into one program takes minutes to compile
-(benchmarks/README.md, "Host-driven chain"). A segment compiles once, in seconds, and runs at
-unrolled speed; the host dispatches K / S calls a step (microseconds each, against a fraction
-of a second of work per call). GPU and TPU keep the chain inside the one program.
+Why: XLA:CPU runs the chain's convolutions about twice as slowly inside a `while` loop as in
+straight-line code, and unrolling all K steps into one program takes minutes to compile (the
+CIFAR-10 step, B = 16, K = 40, 2 host devices: 23.4 s rolled; 11.4 s as segments of 10, after
+76 s of compilation; benchmarks/README.md, "Host-driven chain"). A segment compiles once and
+runs at unrolled speed; the host dispatches K / S calls a step (microseconds each, against a
+second of work per call). GPU and TPU keep the chain inside the one program.
 """
 
 from typing import Any
@@ -24,12 +25,19 @@ from ebm_jax import langevin, sharding
 from ebm_jax import step as step_lib
 
 
+AUTO_SEGMENT = 10  # steps per segment program on CPU when the chain is longer than this
+
+
 def resolve_segment(segment: int, num_steps: int, backend: str | None = None) -> int:
-  """`langevin.host_segment` as steps per host-dispatched program (0: chain in the step
-  program). −1 (auto): 5 on CPU (the fastest of 1, 5, 10, 20 measured for the CIFAR-10 net,
-  with 13 s of compilation against 47 s rolled and minutes unrolled), 0 elsewhere."""
+  """`langevin.host_segment` as steps per host-dispatched program (0: the chain inside the
+  step program). −1 (auto): on CPU, chains of more than 10 steps run as segments of 10 (the
+  CIFAR-10 step, K = 40: 11.4 s with 76 s of compilation, against 23.4 s rolled in one program
+  and minutes of compilation fully unrolled); chains of up to 10 steps stay inside the step,
+  fully unrolled (Fashion-MNIST's and the digits' K = 10: 0.60 s against 0.70 s as a segment);
+  0 on GPU and TPU. Measured in benchmarks/README.md, "Host-driven chain"."""
   if segment < 0:
-    segment = 5 if (backend or jax.default_backend()) == "cpu" else 0
+    on_cpu = (backend or jax.default_backend()) == "cpu"
+    segment = AUTO_SEGMENT if on_cpu and num_steps > AUTO_SEGMENT else 0
   return min(segment, num_steps)
 
 

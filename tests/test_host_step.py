@@ -32,12 +32,14 @@ def _run(config, num_steps: int = 3):
 
 
 def test_resolve_segment():
-  assert host_step.resolve_segment(-1, 40, "cpu") == 5
+  assert host_step.resolve_segment(-1, 40, "cpu") == 10
+  assert host_step.resolve_segment(-1, 11, "cpu") == 10
+  assert host_step.resolve_segment(-1, 10, "cpu") == 0  # short chains: inside the step
   assert host_step.resolve_segment(-1, 40, "gpu") == 0
   assert host_step.resolve_segment(-1, 40, "tpu") == 0
   assert host_step.resolve_segment(0, 40, "cpu") == 0
   assert host_step.resolve_segment(8, 40, "gpu") == 8
-  assert host_step.resolve_segment(-1, 3, "cpu") == 3  # never longer than the chain
+  assert host_step.resolve_segment(5, 3, "cpu") == 3  # never longer than the chain
 
 
 @pytest.mark.parametrize("overrides", [{}, pytest.param({"model__conv": "spectral"},

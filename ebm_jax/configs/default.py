@@ -82,9 +82,10 @@ def get_config(variant: str = "") -> ml_collections.ConfigDict:
   c.langevin.unroll = 0
   # Langevin steps per host-dispatched chain program in training (ebm_jax/host_step.py): the
   # step then runs as a start program, K/S calls of one straight-line S-step program and a
-  # finishing program, with the same result. -1 = auto: 5 on CPU (XLA:CPU runs the chain ~2.7x
-  # slower in a loop, and a fully unrolled one compiles for minutes), 0 on GPU/TPU; 0 = the
-  # chain inside the one step program, rolled or unrolled per langevin.unroll.
+  # finishing program, with the same result. -1 = auto: on CPU segments of 10 when K > 10
+  # (XLA:CPU runs the chain ~2x slower in a loop, and a fully unrolled K = 40 chain compiles
+  # for minutes), else the chain inside the step; 0 on GPU/TPU. 0 = the chain inside the one
+  # step program, rolled or unrolled per langevin.unroll.
   c.langevin.host_segment = -1
 
   # ---------------------------------------------------------------- losses

@@ -1,6 +1,8 @@
 """Prints a Markdown table of benchmark JSON files (train_step and langevin results). "first
 step s" is compile + the first call after it: the time from a built state to a finished first
 step (the first call pays one-off costs beyond compilation: allocation, thread-pool start-up).
+"chain" is the steps unrolled per loop iteration of a chain inside the step program, or
+"host S" for a chain run as host-dispatched segments of S steps (ebm_jax/host_step.py).
 
   python -m benchmarks.report benchmarks/results/cpu_*.json
 """
@@ -21,9 +23,12 @@ def row(name: str, r: dict) -> str:
   cpu = r.get("cpu_model", "not recorded") if r.get("platform", "cpu") == "cpu" else r["device_kind"]
   # ebm_jax.cli.CPU_XLA_FLAGS (absent from results recorded before the set existed)
   flags = "set" if "onednn_custom_call=true" in (r.get("xla_flags") or "") else "none"
+  # steps per loop iteration of a one-program chain, or host-dispatched segments (host_step.py)
+  segment = r.get("langevin_host_segment")
+  chain = f"host {segment}" if segment else f"{r['langevin_unroll']}"
   return (f"| {name} | {r['benchmark']} | {config}: {r['model']} F={r['features']}{extras}; "
           f"data {r['data']} | "
-          f"{r['batch_size']} | {r['langevin_steps']} | {r['langevin_unroll']} | "
+          f"{r['batch_size']} | {r['langevin_steps']} | {chain} | "
           f"{r['device_count']}× {r['device_kind']} | {cpu} | {r['precision']} | {flags} | "
           f"{r['compile_s']:.1f} | {to_first} | "
           f"{timing['median']:.3f} ({timing['min']:.3f}–{timing['max']:.3f}, n={timing['n']}) | "
@@ -31,7 +36,7 @@ def row(name: str, r: dict) -> str:
           f"{r['peak_rss_mib']:.0f} |")
 
 
-HEADER = ("| result | script | config: net; data | B | K | unroll | devices | host CPU | precision | XLA flag set | "
+HEADER = ("| result | script | config: net; data | B | K | chain | devices | host CPU | precision | XLA flag set | "
           "compile s | first step s | "
           "median s (min–max, n) | GFLOP | GFLOP/s | MFU | peak RSS MiB |\n"
           "|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|")

@@ -231,8 +231,9 @@ def run_segment(kernel, key: jax.Array, state: LangevinState, sigmas: jax.Array,
   infos with leading axis len(sigmas)). `first` may be traced: one program serves every
   segment of a length."""
   infos = []
+  one_step = jax.jit(kernel)  # traced once, inlined len(sigmas) times by XLA
   for i in range(sigmas.shape[0]):
-    state, info = kernel(jax.random.fold_in(key, first + i), state, sigmas[i])
+    state, info = one_step(jax.random.fold_in(key, first + i), state, sigmas[i])
     infos.append(info)
   return state, jax.tree.map(lambda *a: jnp.stack(a), *infos)
 

@@ -33,9 +33,13 @@ NUM_GRID = 64  # negatives returned per step for image summaries
 
 
 def energy_fn(model):
-  """energy(params, model_state, x, y) -> (B, S), with no state updates."""
+  """energy(params, model_state, x, y) -> (B, S), with no state updates. Jitted, so that a
+  program applying the net several times to inputs of one shape traces it once (XLA inlines
+  the calls: the compiled program is the same)."""
+  apply = jax.jit(model.apply)
+
   def energy(params, model_state, x, y=None):
-    return model.apply({"params": params, **model_state}, x, y)
+    return apply({"params": params, **model_state}, x, y)
   return energy
 
 

@@ -76,8 +76,9 @@ def get_config(variant: str = "") -> ml_collections.ConfigDict:
   c.langevin.sampler = "ula"
   c.langevin.leapfrog_steps = 5  # hmc only
   c.langevin.clip_x = True  # clamp samples to [0, 1] after each step (ref §1.3); False for 2-D data
-  # Chain steps unrolled per lax.scan iteration: the same computation (equal up to float
-  # rounding). 0 = auto: the whole chain on CPU (XLA:CPU runs unrolled steps ~5x faster at K=40,
+  # Chain steps unrolled per lax.scan iteration when the chain runs inside the step program
+  # (host_segment below resolves to 0): the same computation (equal up to float rounding).
+  # 0 = auto: the whole chain on CPU (XLA:CPU runs unrolled steps ~2x faster,
   # benchmarks/README.md; compile time grows with K), a rolled loop on GPU/TPU.
   c.langevin.unroll = 0
   # Langevin steps per host-dispatched chain program in training (ebm_jax/host_step.py): the

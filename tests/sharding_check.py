@@ -1,7 +1,8 @@
 """Run by test_train.py in a process with 8 forced CPU devices: a training step on an
 8-device mesh must equal the same step on one device (same state, global batch and keys).
 
-Two steps are checked, each from the *same* input state on both meshes: step 1 starts every
+Two steps are checked (with the chain inside the step program, and again with the chain run
+from the host as segments: ebm_jax/host_step.py), each from the *same* input state on both meshes: step 1 starts every
 chain from noise (empty buffer); step 2 starts from the 1-device state after step 1, so the
 chains start from buffer draws put through augmentation transitions. Comparing two steps run
 back to back would compare different inputs at step 2: a float rounding difference of one
@@ -88,7 +89,13 @@ def main():
   worst, _ = _check(cfg)
   cfg = digits.get_config("tiny")
   _, flips = _check(cfg, flip_tol=2 * cfg.optim.learning_rate + 1e-5)
-  print(f"devices=8 steps=2 max_abs_diff={worst:.3g} adam_sign_flips={flips}")
+  # the host-driven chain (ebm_jax/host_step.py: segments of 2 and 1 steps), strict again
+  cfg = digits.get_config("tiny")
+  cfg.optim.eps = 1.0
+  cfg.langevin.host_segment = 2
+  host_worst, _ = _check(cfg)
+  print(f"devices=8 steps=2 max_abs_diff={worst:.3g} adam_sign_flips={flips} "
+        f"host_chain_max_abs_diff={host_worst:.3g}")
 
 
 if __name__ == "__main__":

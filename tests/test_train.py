@@ -136,7 +136,7 @@ def _run_with_devices(script: str, devices: int) -> str:
 @pytest.mark.slow  # an 8-device process compiling the step twice
 def test_sharded_step_equals_single_device_step():
   out = _run_with_devices("sharding_check.py", 8)
-  assert "devices=8" in out and "max_abs_diff" in out
+  assert "devices=8" in out and "max_abs_diff" in out and "host_chain_max_abs_diff" in out
 
 
 @pytest.mark.slow  # a 2-device process

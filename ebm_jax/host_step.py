@@ -8,7 +8,7 @@ rounding), run as three kinds of program instead of one:
 Why: XLA:CPU runs the chain's convolutions about twice as slowly inside a `while` loop as in
 straight-line code, and unrolling all K steps into one program takes minutes to compile (the
 CIFAR-10 step, B = 16, K = 40, 2 host devices: 23.4 s rolled; 11.4 s as segments of 10, after
-76 s of compilation; benchmarks/README.md, "Host-driven chain"). A segment compiles once and
+57 s of compilation; benchmarks/README.md, "Host-driven chain"). A segment compiles once and
 runs at unrolled speed; the host dispatches K / S calls a step (microseconds each, against a
 second of work per call). GPU and TPU keep the chain inside the one program.
 """
@@ -39,7 +39,7 @@ AUTO_SEGMENT = 10  # steps per segment program on CPU when the chain is longer t
 def resolve_segment(segment: int, num_steps: int, backend: str | None = None) -> int:
   """`langevin.host_segment` as steps per host-dispatched program (0: the chain inside the
   step program). −1 (auto): on CPU, chains of more than 10 steps run as segments of 10 (the
-  CIFAR-10 step, K = 40: 11.4 s with 76 s of compilation, against 23.4 s rolled in one program
+  CIFAR-10 step, K = 40: 11.4 s with 57 s of compilation, against 23.4 s rolled in one program
   and minutes of compilation fully unrolled); chains of up to 10 steps stay inside the step,
   fully unrolled (Fashion-MNIST's and the digits' K = 10: 0.60 s against 0.70 s as a segment);
   0 on GPU and TPU. Measured in benchmarks/README.md, "Host-driven chain"."""

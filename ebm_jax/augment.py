@@ -6,7 +6,7 @@ authors' torchvision pipeline (random resized crop -> flip -> colour jitter -> g
 plus the elastic deformation proposed for MNIST-like data by the EBM critique, §6.3), and
 `augment_batch` maps a transition over an NHWC batch with one key per sample.
 
-Semantic notes (where dm-pix differs from torchvision, dm-pix is used as the brief asks):
+Semantic notes (where dm-pix, the JAX image library used here, differs from torchvision):
   * `pix.adjust_hue` shifts hue by `delta` in fractions of the hue circle, the same unit as
     torchvision's `hue_factor`, so hue deltas are passed through unchanged.
   * `pix.adjust_contrast` blends each channel with its own spatial mean (TensorFlow's

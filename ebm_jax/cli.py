@@ -14,7 +14,7 @@ from typing import Callable
 
 from absl import flags
 
-from ebm_jax import errors
+from ebm_jax import errors, files
 
 EXIT_USER_ERROR = 2
 EXIT_DIVERGED = 3
@@ -100,25 +100,20 @@ def apply_chain_flags(config) -> None:
       config.sample[name] = value
 
 
-def make_dirs(path: str, what: str) -> None:
-  """os.makedirs, with a folder that cannot be created as a UserError naming the flag."""
+def make_dirs(path: str, flag: str) -> None:
+  """files.make_dirs for a path given by a flag: the UserError names the flag."""
   try:
-    os.makedirs(path, exist_ok=True)
-  except OSError as e:
-    raise errors.UserError(f"{what}={path}: cannot create this folder ({e.strerror})") from e
+    files.make_dirs(path)
+  except errors.UserError as e:
+    raise errors.UserError(f"{flag}={e}") from e
 
 
-def write_text(path: str, text: str) -> None:
-  """Writes a whole file atomically (a temporary beside it, then a rename); an unwritable path
-  is a UserError naming it."""
-  folder = os.path.dirname(os.path.abspath(path))
-  make_dirs(folder, "--out")
+def write_text(path: str, text: str, flag: str = "--out") -> None:
+  """files.write_text for a path given by a flag: the UserError names the flag."""
   try:
-    with open(path + ".tmp", "w") as f:
-      f.write(text)
-    os.replace(path + ".tmp", path)
-  except OSError as e:
-    raise errors.UserError(f"--out={path}: cannot write ({e.strerror})") from e
+    files.write_text(path, text)
+  except errors.UserError as e:
+    raise errors.UserError(f"{flag}={e}") from e
 
 
 def no_positional(argv: list[str]) -> None:
@@ -128,22 +123,15 @@ def no_positional(argv: list[str]) -> None:
                            "--flag=value (pass --helpshort for the flags)")
 
 
-def cache_dir() -> str:
-  """ebm_jax's cache folder: $EBM_JAX_CACHE, else ~/.cache/ebm_jax (feature classifiers, and
-  XLA's compiled programs under xla/)."""
-  return os.environ.get("EBM_JAX_CACHE", os.path.join(os.path.expanduser("~"), ".cache",
-                                                      "ebm_jax"))
-
-
 def enable_compilation_cache() -> str | None:
   """Switches on JAX's persistent compilation cache, so a second start of the same program
   (a resumed run, another `sample` of the same workdir) loads its compiled programs instead of
   compiling them again. The folder is $JAX_COMPILATION_CACHE_DIR where set, else
-  `cache_dir()/xla`; EBM_JAX_COMPILATION_CACHE=0 turns it off. Returns the folder (or None)."""
+  `files.cache_dir()/xla`; EBM_JAX_COMPILATION_CACHE=0 turns it off. Returns the folder (or None)."""
   import jax  # pylint: disable=import-outside-toplevel
   if os.environ.get("EBM_JAX_COMPILATION_CACHE", "1").lower() in ("0", "false", "no", "off"):
     return None
-  path = os.environ.get("JAX_COMPILATION_CACHE_DIR") or os.path.join(cache_dir(), "xla")
+  path = os.environ.get("JAX_COMPILATION_CACHE_DIR") or os.path.join(files.cache_dir(), "xla")
   jax.config.update("jax_compilation_cache_dir", path)
   if "JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS" not in os.environ:
     jax.config.update("jax_persistent_cache_min_compile_time_secs", 1.0)

@@ -14,7 +14,7 @@ cli.apply_xla_flags()  # XLA reads the flags' log level when jax loads, not late
 import jax
 from absl import app, flags
 
-from ebm_jax import composition, images
+from ebm_jax import composition, files, images
 from ebm_jax.errors import UserError
 
 FLAGS = flags.FLAGS
@@ -61,7 +61,7 @@ def run(argv) -> None:
   name = FLAGS.op + "_" + "_".join(c.label_name or "uncond" for c in components)
   print(f"wrote {images.save_samples(x, out, name)}")
   if FLAGS.score:
-    table = composition.score(components, x, key, FLAGS.cache_dir or cli.cache_dir(), **kwargs)
+    table = composition.score(components, x, key, FLAGS.cache_dir or files.cache_dir(), **kwargs)
     result = {"op": FLAGS.op, "models": specs, "num": FLAGS.num, "success": table}
     text = json.dumps(result, indent=2)
     cli.write_text(os.path.join(out, f"{name}.json"), text + "\n")

@@ -21,7 +21,7 @@ cli.apply_xla_flags()  # XLA reads the flags' log level when jax loads, not late
 
 from absl import app, flags
 
-from ebm_jax import images, restore
+from ebm_jax import files, images, restore
 from ebm_jax.errors import UserError
 from ebm_jax.eval import features, jem, likelihood, ood, quality
 
@@ -78,7 +78,7 @@ def run(argv: list[str]) -> None:
                     f"(got {' '.join(argv[1:]) or 'none'})")
   command = argv[1]
   _check_flags(command)
-  cache_dir = FLAGS.cache_dir or cli.cache_dir()
+  cache_dir = FLAGS.cache_dir or files.cache_dir()
   if command == "classifier":
     return features.classifier_command(FLAGS.data, FLAGS.data_path, FLAGS.image_size,
                                        FLAGS.channels, FLAGS.attribute, FLAGS.classifier_steps,

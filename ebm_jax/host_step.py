@@ -2,15 +2,15 @@
 
 The same step as `step.make_train_step` (same random numbers, same result up to float
 rounding), run as three kinds of program instead of one:
-  start    DESIGN.md's step 1 (chain starts),
+  start    step 1 of docs/algorithm.md (chain starts),
   segment  S Langevin steps as straight-line code, called K / S times (a shorter one last),
   finish   steps 3-4 (buffer, loss, update), donating the state.
 Why: XLA:CPU runs the chain's convolutions about twice as slowly inside a `while` loop as in
-straight-line code, and unrolling all K steps into one program takes minutes to compile (the
-CIFAR-10 step, B = 16, K = 40, 2 host devices: 23.4 s rolled; 11.4 s as segments of 10, after
-57 s of compilation; benchmarks/README.md, "Host-driven chain"). A segment compiles once and
-runs at unrolled speed; the host dispatches K / S calls a step (microseconds each, against a
-second of work per call). GPU and TPU keep the chain inside the one program.
+straight-line code, and unrolling all K steps of a long chain into one program takes minutes
+to compile (measured in benchmarks/README.md, "Host-driven chain"; figures also in
+docs/results.md). A segment compiles once and runs at unrolled speed; the host dispatches
+K / S calls a step, each far cheaper to dispatch than the work it starts. GPU and TPU keep the
+chain inside the one program.
 """
 
 import concurrent.futures
@@ -27,22 +27,21 @@ from ebm_jax import langevin, sharding
 from ebm_jax import step as step_lib
 
 
-# LLVM at -O1 for these programs on CPU (the rest of the process keeps XLA's default): the
-# CIFAR-10 step compiled in 56.8 s against 70.7 s at the default level, with the same step time
-# (11.4 s; benchmarks/README.md, "Host-driven chain"). The small nets' one-program steps run
-# faster at the default level (Fashion-MNIST :cpu 0.565 s against 0.654 s at -O1), so it is
-# not a global flag.
+# LLVM at -O1 for these programs on CPU (the rest of the process keeps XLA's default): it
+# shortens the long chains' compilation at the same step time, while the small nets'
+# one-program steps run faster at the default level, so it is not a global flag (measured in
+# benchmarks/README.md, "Host-driven chain": "LLVM -O1 for the host-step programs").
 CPU_COMPILER_OPTIONS = {"xla_backend_optimization_level": 1}
 AUTO_SEGMENT = 10  # steps per segment program on CPU when the chain is longer than this
 
 
 def resolve_segment(segment: int, num_steps: int, backend: str | None = None) -> int:
   """`langevin.host_segment` as steps per host-dispatched program (0: the chain inside the
-  step program). −1 (auto): on CPU, chains of more than 10 steps run as segments of 10 (the
-  CIFAR-10 step, K = 40: 11.4 s with 57 s of compilation, against 23.4 s rolled in one program
-  and minutes of compilation fully unrolled); chains of up to 10 steps stay inside the step,
-  fully unrolled (Fashion-MNIST's and the digits' K = 10: 0.60 s against 0.70 s as a segment);
-  0 on GPU and TPU. Measured in benchmarks/README.md, "Host-driven chain"."""
+  step program). −1 (auto): on CPU, chains of more than 10 steps run as segments of 10 (faster
+  than a rolled loop, and compiled in far less time than a fully unrolled chain); chains of up
+  to 10 steps stay inside the step, fully unrolled, which ran faster for the small nets than
+  as one segment; 0 on GPU and TPU. Measured in benchmarks/README.md, "Host-driven chain"
+  (figures also in docs/results.md)."""
   if segment < 0:
     on_cpu = (backend or jax.default_backend()) == "cpu"
     segment = AUTO_SEGMENT if on_cpu and num_steps > AUTO_SEGMENT else 0
@@ -118,9 +117,9 @@ def _like(out, shardings):
 
 class _Lowered:
   """A HostChainStep to compile for given arguments. `compile()` compiles the start program,
-  then the segment programs and the finishing program in parallel threads (XLA compiles
-  without Python's lock: the CIFAR-10 step's segment and finishing program compiled in 51 s
-  so against 60 s one after the other, one run each on 2 cores)."""
+  then the segment programs and the finishing program in parallel threads: XLA compiles
+  without Python's lock, so they take less wall time than compiled one after the other
+  (benchmarks/README.md, "Host-driven chain")."""
 
   def __init__(self, step: HostChainStep, state, batch):
     self.step, self.state, self.batch = step, state, batch

@@ -5,7 +5,7 @@ import os
 
 import numpy as np
 
-from ebm_jax import cli
+from ebm_jax import files
 
 
 def make_grid(images: np.ndarray, ncol: int | None = None, pad: int = 1) -> np.ndarray:
@@ -47,7 +47,7 @@ def save_scatter(points: np.ndarray, path: str) -> None:
 def save_samples(x: np.ndarray, outdir: str, name: str, **arrays) -> str:
   """NAME.png (a grid of images, or a scatter plot of 2-D points) and NAME.npz (`samples` and
   any further arrays) in outdir; returns the PNG's path."""
-  cli.make_dirs(outdir, "--out")
+  files.make_dirs(outdir)
   png = os.path.join(outdir, f"{name}.png")
   if x.ndim == 4:
     save_png(make_grid(x), png, scale=max(1, 128 // x.shape[1]))
@@ -61,7 +61,7 @@ def export_samples(x: np.ndarray, out: str) -> None:
   """PNG files (one per sample) and samples.npz (uint8 NHWC under 'images'), the layouts that
   FID tools (torch-fidelity, pytorch-fid, clean-fid) read."""
   from PIL import Image  # pylint: disable=import-outside-toplevel
-  cli.make_dirs(out, "--out")
+  files.make_dirs(out)
   images = np.rint(np.clip(x, 0, 1) * 255).astype(np.uint8)
   for i, img in enumerate(images):
     Image.fromarray(img[..., 0] if img.shape[-1] == 1 else img).save(

@@ -192,9 +192,9 @@ def noise_schedule(noise_scale: float, num_steps: int, anneal: bool = False) -> 
 
 def resolve_unroll(unroll: int, num_steps: int, backend: str | None = None) -> int:
   """The `langevin.unroll` setting as steps per loop iteration: 0 ("auto") unrolls the whole
-  chain on CPU, where XLA runs unrolled steps much faster (benchmarks/README.md: about 5x for a
-  K = 40 Fashion-MNIST step), and keeps a rolled loop (1) on GPU/TPU, where compile time would
-  grow with K for no measured gain."""
+  chain on CPU, where XLA runs unrolled steps much faster (benchmarks/README.md, "Against the
+  authors' PyTorch code": "Unrolling the chain"), and keeps a rolled loop (1) on GPU/TPU, where
+  compile time would grow with K for no measured gain."""
   if unroll:
     return min(int(unroll), num_steps)
   return num_steps if (backend or jax.default_backend()) == "cpu" else 1
@@ -208,9 +208,9 @@ def run_chain(kernel, key: jax.Array, x0: jax.Array, num_steps: int,
   The k-th step uses `fold_in(key, k)`, so a chain is a pure function of (key, x0) and can be
   replayed exactly (the all-steps KL ablation does so inside the loss). `remat` recomputes
   each step in the backward pass instead of storing its activations. `unroll` steps are
-  unrolled per loop iteration (True: all); XLA:CPU runs unrolled steps about twice as fast
-  (measured with jax 0.10 on a small conv net) at the price of compile time growing with the
-  unrolled length.
+  unrolled per loop iteration (True: all); XLA:CPU runs unrolled steps faster than a rolled
+  loop (docs/results.md, "Speed figures behind the code's CPU rules") at the price of compile
+  time growing with the unrolled length.
   """
   sigmas = noise_schedule(1.0, num_steps, anneal) * noise_scale
 
@@ -249,10 +249,10 @@ def test_chain_segments(num_blocks: int, block_steps: int,
   """The test-time chain (paper §2.3, docs/reference.md §5) as segments (steps, transition
   after): num_blocks × (block_steps Langevin steps, then one augmentation transition of the
   batch), then final_steps plain steps in pieces of at most block_steps. The sampler compiles
-  one program per distinct segment length and runs the segments in turn: XLA:CPU ran a fully
-  unrolled 20-step segment 5.4× faster than the same steps in a rolled loop (fashion_mnist:cpu
-  net, 256 chains: 13.4 s against 72 s), and unrolling all of a 240-step chain would take
-  minutes to compile."""
+  one program per distinct segment length and runs the segments in turn: XLA:CPU runs a fully
+  unrolled segment several times faster than the same steps in a rolled loop, and unrolling
+  all of a long chain would take minutes to compile (benchmarks/README.md, "Against the
+  authors' PyTorch code": "The test-time chain, too")."""
   segments = [(block_steps, True)] * num_blocks if block_steps else []
   piece = block_steps or final_steps
   done = 0

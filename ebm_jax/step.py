@@ -1,4 +1,4 @@
-"""The pure training step (DESIGN.md's algorithm), apart from the loop that runs it.
+"""The pure training step (docs/algorithm.md), apart from the loop that runs it.
 
 One step, with θ the parameters and every random number from fold_in(seed key, step):
   1. x⁺ = dequantised data; x₀ = buffer draws put through one augmentation transition, each
@@ -74,7 +74,7 @@ class NegativePhase(NamedTuple):
 
 
 class ChainStart(NamedTuple):
-  """DESIGN.md's step 1 for one step: what the chain starts from and what it samples under."""
+  """Step 1 of docs/algorithm.md for one step: what the chain starts from and samples under."""
   x_pos: jax.Array
   labels: jax.Array | None  # the chain's (and L_CD's) labels; None unconditionally
   x0: jax.Array  # chain starts
@@ -87,7 +87,7 @@ class ChainStart(NamedTuple):
 class PhaseParts(NamedTuple):
   """The negative phase in three parts, so that the chain can run inside one program
   (`make_negative_phase`) or as host-dispatched segments (`ebm_jax.host_step`):
-    start(state, batch) -> ChainStart       (DESIGN.md step 1)
+    start(state, batch) -> ChainStart       (docs/algorithm.md, step 1)
     the chain: `chain_kernel` run K times     (step 2)
     finish(state, start, final, infos) -> NegativePhase   (step 3)
   """
@@ -120,7 +120,7 @@ def make_phase_parts(config: ml_collections.ConfigDict, model, info: data_lib.Da
   def kl_part(x):
     # The KL rows, kept split over the devices: a gather of rows is otherwise replicated by
     # the partitioner, and every device then computes L_KL's double backward for all n rows
-    # (measured: the CIFAR-10 step's loss and update took 4.2 s on 2 devices, 2.4 s on one).
+    # (measured in benchmarks/README.md, "Host-driven chain": "The KL rows on two devices").
     rows = x if n_kl == batch_size else x[kl_rows]
     return constrain(rows) if kl_split else rows
 
@@ -206,7 +206,7 @@ def chain_kernel(config: ml_collections.ConfigDict, energy, params, begun: Chain
 
 def make_negative_phase(config: ml_collections.ConfigDict, model, info: data_lib.DatasetInfo,
                         mesh=None):
-  """Returns phase(state, batch) -> NegativePhase: DESIGN.md's steps 1-3 for the step that
+  """Returns phase(state, batch) -> NegativePhase: docs/algorithm.md's steps 1-3 for the step that
   `state` is about to take, with that step's random numbers (so analysis code sees exactly
   what the training step sees), the K Langevin steps inside the one program."""
   lc = config.langevin
@@ -247,8 +247,8 @@ def make_loss_fn(config: ml_collections.ConfigDict, model, neg: NegativePhase):
 
 
 def make_update(config: ml_collections.ConfigDict, model, tx: optax.GradientTransformation):
-  """Returns update(state, neg) -> (state, metrics, negatives[:NUM_GRID]): DESIGN.md's step 4
-  (loss, gradient, clip + Adam, EMA, the divergence guard) after a negative phase."""
+  """Returns update(state, neg) -> (state, metrics, negatives[:NUM_GRID]): steps 4-5 of
+  docs/algorithm.md (loss, gradient, clip + Adam, EMA, divergence guard) after a negative phase."""
 
   def update(state: state_lib.TrainState, neg: NegativePhase):
     loss_fn = make_loss_fn(config, model, neg)

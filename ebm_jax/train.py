@@ -17,11 +17,11 @@ from absl import logging
 from jax.experimental import multihost_utils
 
 from ebm_jax import buffer as buffer_lib
-from ebm_jax import cli
 from ebm_jax import checkpoint as checkpoint_lib
 from ebm_jax import config_lib
 from ebm_jax import data as data_lib
 from ebm_jax import distributed
+from ebm_jax import files
 from ebm_jax import guard as guard_lib
 from ebm_jax import host_step
 from ebm_jax import images, models, sampling, sharding, signals
@@ -202,7 +202,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str, devices=
   quality = None
   if tc.eval_every > 0 and is_main and len(setup.info.shape) == 3:
     from ebm_jax.eval import quality as quality_lib  # pylint: disable=import-outside-toplevel
-    quality = quality_lib.TrainingQuality(config, setup.model, setup.info, cli.cache_dir())
+    quality = quality_lib.TrainingQuality(config, setup.model, setup.info, files.cache_dir())
   recovery = guard_lib.Recovery(config.guard)
   step = start
   last_saved = ckpt.latest_step() or 0

@@ -20,7 +20,7 @@ import ml_collections
 
 def get_config(variant: str = "") -> ml_collections.ConfigDict:
   c = ml_collections.ConfigDict()
-  c.seed = 0  # base PRNG seed; per-step keys are fold_in(seed key, step) (STYLE.md point 5)
+  c.seed = 0  # base PRNG seed; per-step keys are fold_in(seed key, step) (docs/algorithm.md)
 
   # ---------------------------------------------------------------- data
   c.data = ml_collections.ConfigDict()

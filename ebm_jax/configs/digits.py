@@ -1,5 +1,6 @@
 """The offline quickstart: scikit-learn's 8x8 handwritten digits (1,797 images, shipped inside
-the scikit-learn wheel), a small MNIST-style net, about five minutes on a 2-core CPU.
+the scikit-learn wheel), a small MNIST-style net, sized to train in minutes on a CPU (timed in
+docs/results.md).
 
   python -m ebm_jax.main --config=configs/digits.py --workdir=runs/digits
 
@@ -25,13 +26,13 @@ def get_config(variant: str = "", regime: default.Edit | None = None):
   c.data.image_size = 8  # native size
   c.data.channels = 1
   c.model.name = "mnist"  # three downsampling blocks: 8 -> 4 -> 2 -> 1
-  c.model.features = 16  # 195 k parameters: 0.13 s per step on 2 CPU cores (F=32: 0.6 s)
+  c.model.features = 16  # 195 k parameters; F=32 costs several times as much per step
   c.model.multiscale = False  # too small an image for 1/2 and 1/4 resolution heads
   c.model.attention = False
   c.langevin.num_steps = 10  # K; half the cost of K = 20, enough with persistent chains
   c.langevin.step_size = 5.0  # measured (see above); the paper's CIFAR-10 value is 100
   c.langevin.noise_scale = 0.001  # paper A.2
-  c.langevin.unroll = 0  # auto: the whole chain unrolled on CPU, 1.7x faster steps (measured)
+  c.langevin.unroll = 0  # auto: the whole chain unrolled on CPU, faster steps (docs/results.md)
   c.buffer.capacity = 5000
   c.loss.ent_num_refs = 100
   c.loss.ent_min_buffer = 500
@@ -49,7 +50,7 @@ def get_config(variant: str = "", regime: default.Edit | None = None):
   c.train.log_grad_terms_every = 100  # for notebooks/gradient_magnitudes.ipynb (paper Fig. 12)
   c.train.image_every = 500
   # quality/* (Fréchet distance, coverage, saturation) of 256 EMA samples, once at the end: each
-  # evaluation runs the 90-step test chain on 256 chains (about 15 s on 2 CPU cores).
+  # evaluation runs the 90-step test chain on 256 chains (timed in docs/results.md).
   c.train.eval_every = 1500
   c.eval.classifier_steps = 500  # the digits classifier passes 0.85 test accuracy by 300 steps
   c.train.checkpoint_every = 500

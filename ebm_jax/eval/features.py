@@ -1,6 +1,6 @@
 """The feature classifier behind sample quality on the offline datasets: a small CNN trained on
 the dataset's train split (accuracy on its test split stored with it), cached under
-`cli.cache_dir()` (or --cache_dir), whose penultimate layer gives the Fréchet features."""
+`files.cache_dir()` (or --cache_dir), whose penultimate layer gives the Fréchet features."""
 
 import dataclasses
 import functools

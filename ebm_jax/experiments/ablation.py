@@ -14,7 +14,7 @@ import ml_collections
 from absl import app, flags
 from ml_collections import config_flags
 
-from ebm_jax import config_lib
+from ebm_jax import config_lib, files
 from ebm_jax.errors import UserError
 from ebm_jax.experiments import ablation_lib
 
@@ -69,7 +69,7 @@ def run() -> None:
             f"|E+ − E−| > {FLAGS.gap_bound:g} for {FLAGS.gap_patience} steps.")
   print(ablation_lib.run_ablation(
       base, FLAGS.workdir, row_names=list(FLAGS.rows), seeds=seeds, num=FLAGS.num,
-      cache_dir=FLAGS.cache_dir or cli.cache_dir(), classifier_steps=FLAGS.classifier_steps,
+      cache_dir=FLAGS.cache_dir or files.cache_dir(), classifier_steps=FLAGS.classifier_steps,
       header=header))
 
 

@@ -34,7 +34,7 @@ import ml_collections
 import numpy as np
 from absl import logging
 
-from ebm_jax import cli, config_lib, errors, models, restore
+from ebm_jax import config_lib, errors, files, models, restore
 
 # (name, description, overrides added to every earlier row's)
 ROWS: tuple[tuple[str, str, dict[str, Any]], ...] = (
@@ -244,15 +244,15 @@ def run_ablation(base: ml_collections.ConfigDict, workdir: str, *, row_names: li
                  header: str) -> str:
   """Trains and evaluates every (row, seed) not finished yet; rewrites ablation.md, .json and
   energy_gap.png in workdir after each; returns the markdown table."""
-  cli.make_dirs(workdir, "--workdir")
+  files.make_dirs(workdir)
   rows = [r for r in row_configs(base) if r[0] in row_names]
   results: dict[str, list[dict]] = {}
 
   def write() -> None:
     summary = summarize(rows, results)
-    cli.write_text(os.path.join(workdir, "ablation.json"),
+    files.write_text(os.path.join(workdir, "ablation.json"),
                    json.dumps({"header": header, "rows": summary, "runs": results}, indent=2))
-    cli.write_text(os.path.join(workdir, "ablation.md"), markdown(summary, header))
+    files.write_text(os.path.join(workdir, "ablation.md"), markdown(summary, header))
     plot_gaps(rows, workdir, seeds, os.path.join(workdir, "energy_gap.png"))
 
   total = sum(len(seeds) for _, _, c in rows if not isinstance(c, str))
@@ -275,7 +275,7 @@ def run_ablation(base: ml_collections.ConfigDict, workdir: str, *, row_names: li
                    total, "" if eta is None else f", ETA {eta / 60:.0f} min", row_dir)
       result = run_row(name, ml_collections.ConfigDict(config.to_dict()), row_dir, seed=seed,
                        num=num, cache_dir=cache_dir, classifier_steps=classifier_steps)
-      cli.write_text(done, json.dumps(result, indent=2))
+      files.write_text(done, json.dumps(result, indent=2))
       timed += 1
       results.setdefault(name, []).append(result)
       write()

@@ -24,7 +24,7 @@ import ml_collections
 import numpy as np
 from absl import logging
 
-from ebm_jax import cli, restore
+from ebm_jax import files, restore
 from ebm_jax.configs import regimes
 from ebm_jax.configs import toy2d as toy2d_config
 
@@ -198,15 +198,15 @@ def plot(workdir: str, results: dict, densities: list[str], path: str) -> None:
 def run_all(workdir: str, *, regime_names: list[str], densities: list[str], seeds: list[int],
             steps: int, chains: int, temperatures: int) -> str:
   """Trains and scores every run not finished yet; rewrites the table and figure after each."""
-  cli.make_dirs(workdir, "--workdir")
+  files.make_dirs(workdir)
   results: dict[str, dict[str, list[dict]]] = {}
   header = (f"2-D densities, every regime trained {steps} steps (seeds {seeds}) from "
             "`configs/toy2d.py` (MLP 128×128×128, B = 256, K = 50).")
 
   def write() -> None:
-    cli.write_text(os.path.join(workdir, "toy2d.json"),
+    files.write_text(os.path.join(workdir, "toy2d.json"),
                    json.dumps({"header": header, "runs": results}, indent=2))
-    cli.write_text(os.path.join(workdir, "toy2d.md"), markdown(results, header, densities))
+    files.write_text(os.path.join(workdir, "toy2d.md"), markdown(results, header, densities))
     plot(workdir, results, densities, os.path.join(workdir, "densities.png"))
 
   todo = [(r, d, s) for r in regime_names for d in densities for s in seeds]
@@ -224,7 +224,7 @@ def run_all(workdir: str, *, regime_names: list[str], densities: list[str], seed
     config = regime_config(regime, density, steps, seed)
     result = {"regime": regime, "density": density, "seed": seed,
               **run_one(config, run_dir, chains=chains, temperatures=temperatures)}
-    cli.write_text(done, json.dumps(result, indent=2))
+    files.write_text(done, json.dumps(result, indent=2))
     timed += 1
     results.setdefault(regime, {}).setdefault(density, []).append(result)
     write()

@@ -30,20 +30,6 @@ def test_entry_points_turn_on_the_persistent_compilation_cache(tmp_path, monkeyp
   assert jax.config.jax_compilation_cache_dir is None
 
 
-def test_every_entry_point_goes_through_run_guarded():
-  """main, sample, evaluate, compose, the ablation runner and the benchmarks all call
-  cli.run_guarded (which turns the cache on), and define their flags through cli."""
-  import pathlib  # pylint: disable=import-outside-toplevel
-  root = pathlib.Path(__file__).resolve().parents[1]
-  for path in ["ebm_jax/main.py", "ebm_jax/sample.py", "ebm_jax/evaluate.py",
-               "ebm_jax/compose.py", "ebm_jax/experiments/ablation.py",
-               "ebm_jax/experiments/toy2d.py",
-               "benchmarks/train_step.py", "benchmarks/langevin.py", "benchmarks/scaling.py"]:
-    text = (root / path).read_text()
-    assert "cli.run_guarded(" in text, path
-    assert 'DEFINE_bool("debug"' not in text, path  # one --debug, from cli.define_common_flags
-
-
 def test_the_cpu_xla_flags_are_set_only_when_xla_flags_is_unset(monkeypatch):
   monkeypatch.delenv("EBM_JAX_XLA_FLAGS", raising=False)
   monkeypatch.delenv("TF_CPP_MIN_LOG_LEVEL", raising=False)
@@ -61,23 +47,14 @@ def test_the_cpu_xla_flags_are_set_only_when_xla_flags_is_unset(monkeypatch):
   assert cli.os.environ["TF_CPP_MIN_LOG_LEVEL"] == "3"  # its harmless ERROR lines silenced
 
 
-def test_entry_points_set_the_flags_before_anything_imports_jax():
+def test_a_program_compiles_in_silence_under_the_cpu_flag_set():
   """Set after jax's import, the log level is not read: XLA then prints a harmless 'Unsupported
-  fusion type' ERROR line several times per compilation under the flag set (62 in a digits
-  run). Each entry point calls cli.apply_xla_flags() before its other project and library
-  imports; run as a program, one of them compiles a convolution's gradient in silence."""
-  import pathlib  # pylint: disable=import-outside-toplevel
-  import re  # pylint: disable=import-outside-toplevel
+  fusion type' ERROR line several times per compilation under the flag set. Run as a program,
+  an entry point compiles a convolution's gradient in silence (the order of the settings and
+  jax's import in every entry point: test_entry_points_on_import below)."""
   import subprocess  # pylint: disable=import-outside-toplevel
   import sys  # pylint: disable=import-outside-toplevel
-  root = pathlib.Path(__file__).resolve().parents[1]
-  for module in ENTRY_POINTS + ("benchmarks.langevin", "benchmarks.sampler", "benchmarks.scaling",
-                                "benchmarks.precision",
-                                "benchmarks.export"):
-    text = (root / (module.replace(".", "/") + ".py")).read_text()
-    imports = [m.start() for m in re.finditer(r"^(import|from) (?!ebm_jax import cli\b)"
-                                                r"(?!(os|json|time|copy|re)\b)", text, re.M)]
-    assert text.index("cli.apply_xla_flags()") < min(imports), module
+  root = __import__("pathlib").Path(__file__).resolve().parents[1]
   code = ("import runpy, sys\nsys.argv = ['x']\nimport ebm_jax.main\nimport jax, jax.numpy as jnp\n"
           "w = jnp.ones((3, 3, 3, 4))\nconv = lambda x: jax.lax.conv_general_dilated("
           "x, w, (1, 1), 'SAME', dimension_numbers=('NHWC', 'HWIO', 'NHWC'))\n"
@@ -93,24 +70,70 @@ def test_entry_points_set_the_flags_before_anything_imports_jax():
 
 ENTRY_POINTS = ("ebm_jax.main", "ebm_jax.sample", "ebm_jax.evaluate", "ebm_jax.compose",
                 "ebm_jax.experiments.ablation", "ebm_jax.experiments.toy2d", "benchmarks.train_step")
+BENCHMARKS = ("benchmarks.langevin", "benchmarks.sampler", "benchmarks.scaling",
+              "benchmarks.precision", "benchmarks.export")
+
+# Imports one entry point (argv[1]) as `python -m` would and reports, as JSON: the XLA settings
+# in the environment when jax itself was first imported (an import hook sees it), whether the
+# import started jax's backend, which module defined --debug, and whether `main` hands its work
+# to cli.run_guarded (replaced by a recorder, so nothing runs).
+_PROBE = """
+import importlib, json, os, sys
+seen = []
+class FirstJaxImport:
+  def find_spec(self, name, path=None, target=None):
+    if name == "jax" and not seen:
+      seen.append([os.environ.get("XLA_FLAGS"), os.environ.get("TF_CPP_MIN_LOG_LEVEL")])
+sys.meta_path.insert(0, FirstJaxImport())
+name = sys.argv[1]
+sys.argv = [name]
+module = importlib.import_module(name)
+from jax._src import xla_bridge as xb
+started = xb.backends_are_initialized()
+from absl import flags
+from ebm_jax import cli
+if hasattr(module, "define_flags"):
+  module.define_flags()
+guarded = []
+cli.run_guarded = lambda fn, *args, **kwargs: guarded.append(callable(fn))
+module.main([name])
+print(json.dumps({"env_at_jax_import": seen[0] if seen else None, "started": started,
+                  "debug_from": flags.FLAGS.find_module_defining_flag("debug"),
+                  "guarded": guarded}))
+"""
 
 
-def test_importing_an_entry_point_does_not_start_jaxs_backend():
-  """XLA_FLAGS (above) and jax.distributed.initialize only take effect before the backend
-  starts, so no entry point may start it at import (blackjax's import does: it is imported
-  where HMC and AIS are built)."""
+def test_entry_points_on_import():
+  """Every entry point (and benchmark):
+  - sets the CPU XLA flags and the C++ log level before jax is first imported (XLA reads
+    the log level when jax loads, so set later it is ignored, and the flags before the
+    backend starts);
+  - does not start jax's backend at import, so XLA_FLAGS and jax.distributed.initialize
+    still take effect (blackjax's import would start it: it is imported where HMC and AIS
+    are built); the benchmarks are only held to the first point;
+  - takes its --debug from cli.define_common_flags (one definition) and hands its work to
+    cli.run_guarded (the persistent compilation cache, one-line user errors).
+  Watched while it happens, in one interpreter per module."""
+  import json  # pylint: disable=import-outside-toplevel
+  import os  # pylint: disable=import-outside-toplevel
   import subprocess  # pylint: disable=import-outside-toplevel
   import sys  # pylint: disable=import-outside-toplevel
-  code = ("import importlib, sys\nfrom jax._src import xla_bridge as xb\n"
-          "importlib.import_module(sys.argv[1])\n"
-          "print('started' if xb.backends_are_initialized() else 'ok')")
   root = str(__import__("pathlib").Path(__file__).resolve().parents[1])
-  procs = {m: subprocess.Popen([sys.executable, "-c", code, m], cwd=root, text=True,
+  env = {k: v for k, v in os.environ.items()
+         if k not in ("XLA_FLAGS", "TF_CPP_MIN_LOG_LEVEL", "EBM_JAX_XLA_FLAGS")}
+  procs = {m: subprocess.Popen([sys.executable, "-c", _PROBE, m], cwd=root, text=True, env=env,
                                stdout=subprocess.PIPE, stderr=subprocess.PIPE)
-           for m in ENTRY_POINTS}  # one interpreter each: some define flags at import
+           for m in ENTRY_POINTS + BENCHMARKS}
   results = {m: p.communicate(timeout=300) + (p.returncode,) for m, p in procs.items()}
-  bad = {m: (out.strip(), err[-500:]) for m, (out, err, rc) in results.items()
-         if rc != 0 or out.strip() != "ok"}
+  failed = {m: err[-1500:] for m, (_, err, rc) in results.items() if rc != 0}
+  assert not failed, failed
+  bad = {}
+  for m, (out, _, _) in results.items():
+    got = json.loads(out.strip().splitlines()[-1])
+    want = {"env_at_jax_import": [cli.CPU_XLA_FLAGS, "3"], "debug_from": "ebm_jax.cli",
+            "guarded": [True], "started": False if m in ENTRY_POINTS else got["started"]}
+    if got != want:
+      bad[m] = got
   assert not bad, bad
 
 

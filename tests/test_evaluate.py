@@ -214,6 +214,29 @@ def test_compose_cli_writes_samples_and_rejects_bad_labels(digits_workdir, tmp_p
   assert one_model["code"] == 2 and "two for --op=not" in one_model["stderr"]
 
 
+def test_jem_accuracy_is_the_share_of_test_images_its_logits_get_right(fashion_mnist_dir):
+  """eval.jem.accuracy (`evaluate accuracy`) against a count made here from the net's logits
+  on the same test images, for an untrained JEM net whose EMA parameters differ from its
+  initial ones (so the EMA item, not some other, must be what is scored); batches of 7 so the
+  last batch is partial."""
+  from ebm_jax import restore  # pylint: disable=import-outside-toplevel
+  from ebm_jax.configs import jem_fashion_mnist  # pylint: disable=import-outside-toplevel
+  from ebm_jax.eval import jem  # pylint: disable=import-outside-toplevel
+  config = jem_fashion_mnist.get_config("tiny")
+  config.data.path, config.data.image_size = fashion_mnist_dir, 12
+  model = models.make_model(config.model, (12, 12, 1), 10)
+  x, labels = quality.test_images(config, 40, seed=3)
+  variables = model.init(jax.random.key(0), jnp.asarray(x[:1]))
+  ema = {"params": jax.tree.map(lambda p: p * 3.0, variables["params"]),
+         "model_state": {k: v for k, v in variables.items() if k != "params"}}
+  logits = np.asarray(model.apply(restore.ema_variables(ema), jnp.asarray(x),
+                                  method=models.JEMEnergy.logits))
+  hits = np.argmax(logits, -1) == np.argmax(labels, -1)
+  assert 0 < hits.sum() < len(hits) and len(set(np.argmax(logits, -1))) > 1  # not degenerate
+  got = jem.accuracy(config, model, ema, 40, seed=3, batch=7)
+  assert got == {"test_accuracy": hits.sum() / 40, "num": 40}
+
+
 @pytest.mark.slow  # trains a tiny JEM run of its own
 def test_jem_accuracy_and_conditional_sampling_commands(fashion_mnist_dir, tmp_path):
   """README's `evaluate accuracy` on a JEM run, and `sample --label` on a conditional model."""
@@ -227,7 +250,13 @@ def test_jem_accuracy_and_conditional_sampling_commands(fashion_mnist_dir, tmp_p
                                                 f"--out={tmp_path}/acc.json"]])
   assert acc["code"] == 0, acc["stderr"][-2000:]
   result = json.loads((tmp_path / "acc.json").read_text())
-  assert result["num"] == 50 and 0.0 <= result["test_accuracy"] <= 1.0
+  # recomputed here: the EMA net's logits on the same 50 test images (--seed=0's subset)
+  from ebm_jax import restore  # pylint: disable=import-outside-toplevel
+  cfg, _, model, ema, _ = restore.load_for_sampling(run)
+  x, labels = quality.test_images(cfg, 50, seed=0)
+  logits = model.apply(restore.ema_variables(ema), x, method=models.JEMEnergy.logits)
+  expected = float(np.mean(np.argmax(logits, -1) == labels.argmax(-1)))
+  assert result["num"] == 50 and result["test_accuracy"] == pytest.approx(expected, abs=1e-9)
   # a conditional (class-labelled) digits model: every sample carries the requested label
   cond = digits.get_config("tiny")
   cond.data.attribute, cond.train.num_steps = "class", 2

@@ -1,24 +1,32 @@
 """One whole training step recomputed by hand, outside the training code, and compared field by
-field with the jitted step (issue 17).
+field with the jitted step (issues 17 and 27).
 
 The oracle below reuses only what is tested on its own elsewhere — the net's `apply`, the
-augmentation transition and the PRNG — and writes the wiring out again from DESIGN.md's
-algorithm: the step's keys, dequantisation, chain starts (buffer draw, transition, data
-replacement, noise restarts), K Langevin steps written as a loop, the buffer add as Algorithm R
-or a ring written sequentially in numpy, the entropy comparison set drawn *after* the add, each
-loss term from its formula, global-norm clip, Adam from its update equations, `lr_scale` and
-the EMA. The state it starts from is made by hand (a partly filled buffer, non-zero Adam
-moments, one rollback counted, lr_scale 0.5) and the config's values are chosen so that each
-of them acts: noise restarts and data replacement with probabilities well inside (0, 1),
-β₁ ≠ 0, a global-norm clip that is active, a KL batch n < B.
+augmentation transition and the PRNG — and writes the wiring out again from the paper's
+algorithm (arXiv:2012.01316, Sec. 3; docs/algorithm.md): the step's keys, dequantisation,
+chain starts (buffer draw, transition, data replacement, noise restarts), K Langevin steps
+written as a loop with their noise scales σ_k written out from the schedule's definition, the
+buffer add as Algorithm R or a ring written sequentially in numpy, the entropy comparison set
+drawn *after* the add, each loss term from its formula, global-norm clip, Adam from its update
+equations, `lr_scale` and the EMA. The state it starts from is made by hand (a partly filled
+buffer, non-zero Adam moments, one rollback counted, lr_scale 0.5) and the config's values are
+chosen so that each of them acts (both in tests/_oracle_cases.py): noise restarts and data
+replacement with probabilities well inside (0, 1), β₁ ≠ 0, a global-norm clip that is active,
+a KL batch n < B.
+
+The cases cover the wirings that one unconditional run cannot show: the step with its chain
+inside the one program and driven from the host (ebm_jax/host_step.py); a conditional model,
+whose labels must reach the chain, L_CD and the KL rows; annealed noise over K = 5 steps run as
+host segments of 2, 2 and 1 steps, so that each segment must receive its own slice of the σ
+schedule; IGEBM (spectral norm, ∇ₓE clip) and JEM (cross-entropy) through the host chain.
 
 Each of these wirings, broken by hand once, makes this test fail: the buffer receiving the chain
 starts instead of x_K; the entropy references drawn before the add; the KL sample rebuilt from
 x₀ instead of x̃_{K−1}; chain starts not augmented; the noise-restart or data probability
-changed; EMA arguments swapped; a wrong Adam β or clip; `lr_scale` not applied.
+changed; EMA arguments swapped; a wrong Adam β or clip; `lr_scale` not applied; the host chain
+giving its segments the σ of the next step (the annealed case); the chain sampling under
+other labels than the batch's (the conditional case).
 """
-
-import importlib
 
 import jax
 import jax.numpy as jnp
@@ -26,67 +34,13 @@ import numpy as np
 import pytest
 
 from ebm_jax import augment as augment_lib
-from ebm_jax import train
+from ebm_jax import host_step, train
 
-B = 16  # batch: enough rows that every probability below picks some rows and leaves others
-FILLED = 40  # items in the buffer before the step (of a 64-item buffer)
-
-
-def _config(kind: str, fashion_dir: str):
-  if kind == "icd":
-    c = importlib.import_module("ebm_jax.configs.digits").get_config("tiny")
-    c.buffer.noise_restart_prob = 0.3
-    c.buffer.data_prob = 0.3
-    c.loss.kl_samples = 8  # n < B: L_KL on the first n rows only
-    c.loss.ent_min_buffer = FILLED  # active once this step's add lands
-  elif kind == "igebm":
-    c = importlib.import_module("ebm_jax.configs.igebm_fashion_mnist").get_config("tiny")
-    c.buffer.noise_restart_prob = 0.3
-    c.langevin.grad_clip = 0.003  # IGEBM's elementwise clip of ∇ₓE, small enough to act here
-    c.optim.name = "adam"  # the oracle's Adam; IGEBM's is checked in tests/test_regimes.py
-  elif kind == "jem":
-    c = importlib.import_module("ebm_jax.configs.jem_fashion_mnist").get_config("tiny")
-    c.buffer.noise_restart_prob = 0.3
-    c.loss.ent_min_buffer = FILLED
-  else:
-    raise ValueError(kind)
-  c.data.download = False
-  if c.data.name == "fashion_mnist":
-    c.data.path = fashion_dir
-    c.data.image_size = 12  # the smallest size the MNIST net takes comfortably: fast
-  c.train.batch_size = B
-  c.langevin.step_size = 2.0
-  c.langevin.noise_scale = 0.01
-  c.optim.b1, c.optim.b2, c.optim.eps = 0.3, 0.8, 1e-6
-  c.optim.grad_clip_norm = 1e-3  # below any gradient norm this net has: the clip acts
-  c.optim.learning_rate = 1e-2
-  c.optim.ema_decay = 0.9
-  c.seed = 3
-  return c
-
-
-def _known_state(setup, rng: np.random.Generator):
-  """A state made by hand: a partly filled buffer, Adam moments that are not zero, one rollback
-  counted (folded into the keys) and a learning-rate scale of 0.5."""
-  state = jax.device_get(setup.init_state())
-  buf = state.buffer
-  data = np.zeros(buf.data.shape, np.uint8)
-  data[:FILLED] = rng.integers(0, 256, (FILLED,) + buf.data.shape[1:], dtype=np.uint8)
-  buffer = buf._replace(data=data, size=np.int32(FILLED), seen=np.int32(FILLED))
-  clip_state, (adam, lr_state) = state.opt_state
-  moments = lambda t, f: jax.tree.map(lambda p: f(p.shape).astype(np.float32), t)
-  adam = adam._replace(count=np.int32(5),
-                       mu=moments(adam.mu, lambda s: rng.normal(0, 0.01, s)),
-                       nu=moments(adam.nu, lambda s: rng.uniform(1e-6, 1e-4, s)))
-  ema = jax.tree.map(lambda p: p + rng.normal(0, 0.01, p.shape).astype(np.float32),
-                     state.params)
-  return state.replace(step=np.int32(7), buffer=buffer,
-                       opt_state=(clip_state, (adam, lr_state)),
-                       ema_params=ema, recoveries=np.int32(1), lr_scale=np.float32(0.5))
+from _oracle_cases import B, config as _config, known_state as _known_state
 
 
 def _oracle(config, model, info, s, batch):
-  """The new state's fields and the step's metrics, recomputed from DESIGN.md's algorithm."""
+  """The new state's fields and the step's metrics, recomputed from the algorithm."""
   lc, bc, loss_cfg, oc = config.langevin, config.buffer, config.loss, config.optim
   params, model_state = s.params, s.model_state
   jem = bool(config.model.jem)
@@ -126,13 +80,18 @@ def _oracle(config, model, info, s, batch):
                                         maxval=bc.noise_range[1]))
   x0 = np.where(restart[:, None, None, None], noise, x0)
 
+  # σ_k for the steps k = 1..K: σ, or σ (K − k)/K when annealed (the reference's `anneal`);
+  # the last annealed step adds no noise
+  num_steps = lc.num_steps
+  sigmas = [lc.noise_scale * ((num_steps - k) / num_steps if lc.anneal_noise else 1.0)
+            for k in range(1, num_steps + 1)]
   grad_x = jax.jit(jax.grad(lambda p, x, labels: energy(p, x, labels).sum(), argnums=1))
   x, energies, grad_norms = jnp.asarray(x0), [], []
-  for k in range(lc.num_steps):
+  for k in range(num_steps):
     k_step = jax.random.fold_in(k_chain, k)
     eps = jax.vmap(lambda i, k=k_step: jax.random.normal(jax.random.fold_in(k, i),
                                                          x.shape[1:]))(jnp.arange(B))
-    x_tilde = x + lc.noise_scale * eps
+    x_tilde = x + sigmas[k] * eps
     g = grad_x(params, x_tilde, y)
     energies.append(energy(params, x_tilde, y).sum(-1))
     grad_norms.append(jnp.sqrt(jnp.sum(g.reshape(B, -1) ** 2, -1)))
@@ -225,6 +184,10 @@ def _oracle(config, model, info, s, batch):
   fields = {"params": new_params, "ema_params": ema, "mu": mu, "nu": nu, "count": count,
             "buffer_data": data, "buffer_size": size, "buffer_seen": seen + B,
             "model_state": model_state, "x_k": x_k}
+  if y is not None:  # how much the labels move the energy: other labels, other numbers
+    other = np.roll(y, 1, axis=0)
+    fields["label_effect"] = float(np.abs(np.asarray(energy(params, x_pos, y))
+                                          - np.asarray(energy(params, x_pos, other))).max())
   return fields, jax.tree.map(float, metrics)
 
 
@@ -235,16 +198,25 @@ def _close(a, b, what, rtol=2e-4, atol=1e-6):
     np.testing.assert_allclose(np.asarray(x), np.asarray(y), rtol=rtol, atol=atol, err_msg=what)
 
 
-# ICD in the default run; the IGEBM and JEM steps (their own compiles) with `pytest -m slow`.
-# host_segment: the chain inside the one step program (0, GPU/TPU's default), or run from the
-# host as a 2-step and a 1-step program (ebm_jax/host_step.py, CPU's default).
-@pytest.mark.parametrize("kind,segment", [
-    ("icd", 0), ("icd", 2), pytest.param("igebm", -1, marks=pytest.mark.slow),
-    pytest.param("jem", -1, marks=pytest.mark.slow)])
-def test_one_step_equals_the_oracle(kind, segment, fashion_mnist_dir):
+# segment: langevin.host_segment, 0 for the chain inside the one step program (GPU/TPU's
+# default), 2 for the chain driven from the host as 2-step programs and a shorter last one
+# (ebm_jax/host_step.py, CPU's default for long chains); `programs`: those programs' lengths.
+# The default run has ICD both ways and, in one case (one compilation for both), a conditional
+# model with annealed noise through the host chain; the conditional model in the one program,
+# IGEBM and JEM (their own nets) with `pytest -m slow`.
+@pytest.mark.parametrize("kind,segment,programs", [
+    ("icd", 0, []), ("icd", 2, [2, 1]), ("cond_anneal", 2, [2, 2, 1]),
+    pytest.param("cond", 0, [], marks=pytest.mark.slow),
+    pytest.param("igebm", 2, [2, 1], marks=pytest.mark.slow),
+    pytest.param("jem", 2, [2, 1], marks=pytest.mark.slow)])
+def test_one_step_equals_the_oracle(kind, segment, programs, fashion_mnist_dir):
   config = _config(kind, fashion_mnist_dir)
   config.langevin.host_segment = segment
   setup = train.Setup(config)
+  host_driven = isinstance(setup.step_fn, host_step.HostChainStep)
+  assert host_driven == bool(programs)
+  if host_driven:
+    assert setup.step_fn.lengths == programs
   state = _known_state(setup, np.random.default_rng(0))
   batch = setup.global_batch(next(setup.stream(int(state.step))))
   host_batch = jax.device_get(batch)
@@ -274,6 +246,10 @@ def test_one_step_equals_the_oracle(kind, segment, fashion_mnist_dir):
   assert float(metrics["langevin_accept_rate"]) == 1.0
   # what makes each wiring visible above actually happened in this step
   assert 0.0 < want_metrics["restart_fraction"] < 1.0
+  conditional = kind.startswith("cond")
+  assert ("label_effect" in want) == conditional  # conditional: labels reach the net
+  if conditional:  # and change its energies far beyond the tolerances above
+    assert want["label_effect"] > 1e-3
   if config.loss.ent:
     assert want_metrics["entropy_active"] == 1.0 and want_metrics["loss_ent"] != 0.0
   else:

@@ -27,7 +27,7 @@ import jax
 from absl import app, flags
 
 from benchmarks import common
-from ebm_jax import train
+from ebm_jax import chain_program, train
 
 FLAGS = flags.FLAGS
 common.define_flags()
@@ -80,14 +80,14 @@ def step_flops(config, k: int) -> float:
 
   def flops_for_k(k_small):
     setup = train.Setup(common.with_chain_length(small, k_small))
-    return common.flops_of(setup.step_fn.lower(*abstract_args(setup)).compile())
+    return common.flops_of(chain_program.compile(setup.step_fn, *abstract_args(setup)))
 
   flops = common.flops_linear_in_k(flops_for_k, k, unroll=1)
   return flops * config.train.batch_size / small.train.batch_size
 
 
 def memory(setup: train.Setup) -> dict:
-  compiled = setup.step_fn.lower(*abstract_args(setup)).compile()
+  compiled = chain_program.compile(setup.step_fn, *abstract_args(setup))
   m = compiled.memory_analysis()
   gb = lambda n: n / 1e9
   per_device = {"argument_gb": gb(m.argument_size_in_bytes), "output_gb": gb(m.output_size_in_bytes),

@@ -19,7 +19,7 @@ import jax.numpy as jnp
 from absl import app, flags
 
 from benchmarks import common
-from ebm_jax import langevin, sharding, step, train
+from ebm_jax import chain_program, langevin, sharding, step, train
 
 FLAGS = flags.FLAGS
 common.define_flags()
@@ -30,7 +30,7 @@ def run() -> dict:
   setup = train.Setup(config)
   state = setup.init_state()
   lc = config.langevin
-  unroll = langevin.resolve_unroll(lc.unroll, lc.num_steps)
+  unroll = chain_program.policy(lc.num_steps, lc.unroll, 0).unroll
   b, k = config.train.batch_size, lc.num_steps
   x_range = (0.0, 1.0) if lc.clip_x else None
   energy = step.energy_fn(setup.model)

@@ -2,7 +2,7 @@
 step s" is compile + the first call after it: the time from a built state to a finished first
 step (the first call pays one-off costs beyond compilation: allocation, thread-pool start-up).
 "chain" is the steps unrolled per loop iteration of a chain inside the step program, or
-"host S" for a chain run as host-dispatched segments of S steps (ebm_jax/host_step.py).
+"host S" for a chain run as host-dispatched segments of S steps (ebm_jax/chain_program.py).
 
   python -m benchmarks.report benchmarks/results/cpu_*.json
 """
@@ -23,7 +23,7 @@ def row(name: str, r: dict) -> str:
   cpu = r.get("cpu_model", "not recorded") if r.get("platform", "cpu") == "cpu" else r["device_kind"]
   # ebm_jax.cli.CPU_XLA_FLAGS (absent from results recorded before the set existed)
   flags = "set" if "onednn_custom_call=true" in (r.get("xla_flags") or "") else "none"
-  # steps per loop iteration of a one-program chain, or host-dispatched segments (host_step.py)
+  # steps per loop iteration of a one-program chain, or host-dispatched segments (chain_program.py)
   segment = r.get("langevin_host_segment")
   chain = f"host {segment}" if segment else f"{r['langevin_unroll']}"
   return (f"| {name} | {r['benchmark']} | {config}: {r['model']} F={r['features']}{extras}; "

@@ -26,7 +26,7 @@ import numpy as np
 from absl import app, flags
 
 from benchmarks import common
-from ebm_jax import config_lib, losses, train
+from ebm_jax import chain_program, config_lib, losses, train
 
 FLAGS = flags.FLAGS
 common.define_flags()
@@ -52,7 +52,7 @@ def _compiled_step(config):
   state = setup.init_state()
   batch = setup.global_batch(next(setup.stream(0)))
   t = time.perf_counter()
-  compiled = setup.step_fn.lower(state, batch).compile()
+  compiled = chain_program.compile(setup.step_fn, state, batch)
   return compiled, state, batch, time.perf_counter() - t
 
 

@@ -18,7 +18,7 @@ import numpy as np
 from absl import app, flags
 
 from benchmarks import common
-from ebm_jax import langevin, train
+from ebm_jax import chain_program, train
 
 FLAGS = flags.FLAGS
 common.define_flags()
@@ -30,7 +30,7 @@ def run() -> dict:
   state = setup.init_state()
   batch = setup.global_batch(next(setup.stream(0)))
   t = time.perf_counter()
-  compiled = setup.step_fn.lower(state, batch).compile()
+  compiled = chain_program.compile(setup.step_fn, state, batch)
   compile_s = time.perf_counter() - t
   holder = {"state": state}
 
@@ -42,11 +42,11 @@ def run() -> dict:
   finite = bool(np.asarray(call()["finite"]))
   b, k = config.train.batch_size, config.langevin.num_steps
   # Host-driven segments are straight-line programs: their cost analysis counts every step.
-  unroll = k if setup.host_segment else langevin.resolve_unroll(config.langevin.unroll, k)
+  unroll = k if setup.host_segment else setup.chain_policy.unroll
   med = float(np.median(times))
   flops = common.flops_linear_in_k(
-      lambda k_small: common.flops_of(train.Setup(common.with_chain_length(config, k_small))
-                                      .step_fn.lower(state, batch).compile()),
+      lambda k_small: common.flops_of(chain_program.compile(
+          train.Setup(common.with_chain_length(config, k_small)).step_fn, state, batch)),
       k, unroll, compiled)
   precision = config.model.dtype
   peak = common.peak_tflops(precision)

@@ -1,7 +1,7 @@
 """What each loss term does to the parameter gradient (the paper's Fig. 12).
 
 For a state and a batch, `make_gradient_decomposition` recomputes exactly what the training
-step would (same chain, same random numbers: `step_lib.make_negative_phase`) and differentiates
+step would (same chain program, same random numbers: `step.phase_fns`) and differentiates
 each term of the loss on its own: L_CD, L_reg, L_opt, L_ent, L_KL = L_opt + L_ent and the total.
 It reports their global gradient norms, the cosine between ∇L_KL and ∇L_CD, and both again per
 layer group (a head's stem conv, each residual block, the attention block, the output layer).
@@ -17,6 +17,7 @@ import jax.numpy as jnp
 import ml_collections
 import optax
 
+from ebm_jax import chain_program, sharding
 from ebm_jax import step as step_lib
 
 TERMS = ("cd", "reg", "opt", "ent")  # the four terms of the loss, as losses.icd_loss names them
@@ -46,9 +47,16 @@ def _cosine(a, b) -> jax.Array:
 
 def term_gradients(config: ml_collections.ConfigDict, model, info, state, batch, phase=None):
   """{term: parameter gradient} for cd, reg, opt, ent, kl (= opt + ent), ce (JEM only) and
-  total. Not jitted (see make_gradient_decomposition)."""
+  total, the chain inside this traceable function. Not jitted (see
+  make_gradient_decomposition)."""
   phase = phase or step_lib.make_negative_phase(config, model, info)
-  loss_fn = step_lib.make_loss_fn(config, model, phase(state, batch))
+  return gradients_of(config, model, state.params, phase(state, batch))
+
+
+def gradients_of(config: ml_collections.ConfigDict, model, params,
+                 neg: step_lib.NegativePhase):
+  """term_gradients after the negative phase `neg`."""
+  loss_fn = step_lib.make_loss_fn(config, model, neg)
 
   def terms(params):
     _, aux = loss_fn(params)
@@ -58,7 +66,7 @@ def term_gradients(config: ml_collections.ConfigDict, model, info, state, batch,
     return out
 
   # One reverse pass per term: the point is to see them apart.
-  grads = jax.jacrev(terms)(state.params)
+  grads = jax.jacrev(terms)(params)
   parts = list(grads)
   grads["kl"] = jax.tree.map(jnp.add, grads["opt"], grads["ent"])
   grads["total"] = jax.tree.map(lambda *g: sum(g), *(grads[k] for k in parts))
@@ -77,12 +85,14 @@ def summarize(grads) -> dict[str, jax.Array]:
   return out
 
 
-def make_gradient_decomposition(config: ml_collections.ConfigDict, model, info, mesh=None):
-  """Returns a function decompose(state, batch) -> {name: scalar} (see `summarize`), to be
-  jitted by the caller with the training step's shardings."""
-  phase = step_lib.make_negative_phase(config, model, info, mesh)
-
-  def decompose(state, batch):
-    return summarize(term_gradients(config, model, info, state, batch, phase))
-
-  return decompose
+def make_gradient_decomposition(config: ml_collections.ConfigDict, model, info, mesh,
+                                state_sharding, batch_sharding):
+  """decompose(state, batch) -> {name: scalar} (see `summarize`): the training step's chain
+  program (`step.make_train_step`'s form: host-driven on CPU for long chains) followed by the
+  gradient terms instead of the update. It does not donate the state."""
+  fns = step_lib.phase_fns(config, model, info, mesh,
+                           lambda state, neg: summarize(gradients_of(config, model,
+                                                                     state.params, neg)))
+  return chain_program.build(fns, step_lib.training_chain(config), step_lib.chain_policy(config),
+                             mesh, in_shardings=(state_sharding, batch_sharding),
+                             out_shardings=sharding.replicated(mesh))

@@ -190,16 +190,6 @@ def noise_schedule(noise_scale: float, num_steps: int, anneal: bool = False) -> 
   return noise_scale * (num_steps - k) / num_steps
 
 
-def resolve_unroll(unroll: int, num_steps: int, backend: str | None = None) -> int:
-  """The `langevin.unroll` setting as steps per loop iteration: 0 ("auto") unrolls the whole
-  chain on CPU, where XLA runs unrolled steps much faster (benchmarks/README.md, "Against the
-  authors' PyTorch code": "Unrolling the chain"), and keeps a rolled loop (1) on GPU/TPU, where
-  compile time would grow with K for no measured gain."""
-  if unroll:
-    return min(int(unroll), num_steps)
-  return num_steps if (backend or jax.default_backend()) == "cpu" else 1
-
-
 def run_chain(kernel, key: jax.Array, x0: jax.Array, num_steps: int,
               noise_scale: float | jax.Array, anneal: bool = False, remat: bool = False,
               unroll: int | bool = 1):

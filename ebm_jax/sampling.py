@@ -26,7 +26,7 @@ import numpy as np
 from absl import logging
 
 from ebm_jax import augment as augment_lib
-from ebm_jax import langevin
+from ebm_jax import chain_program, langevin
 
 EnergyFn = Callable[..., jax.Array]  # (variables, x, y) -> (B, S)
 Transition = Callable[[jax.Array, jax.Array], jax.Array]  # (key, batch) -> batch
@@ -105,7 +105,7 @@ class Sampler:
                                      settings.leapfrog_steps)
       k_chain, k_aug = jax.random.split(key)
       state, info = langevin.run_chain(kernel, k_chain, x, steps, settings.noise_scale,
-                                       unroll=langevin.resolve_unroll(0, steps))
+                                       unroll=chain_program.policy(steps).unroll)
       x = state.x
       if transition is not None:
         x = jax.lax.cond(transition_after, lambda z: transition(k_aug, z), lambda z: z, x)

@@ -23,6 +23,7 @@ import ml_collections
 import optax
 
 from ebm_jax import augment as augment_lib
+from ebm_jax import chain_program
 from ebm_jax import buffer as buffer_lib
 from ebm_jax import data as data_lib
 from ebm_jax import guard as guard_lib
@@ -85,8 +86,8 @@ class ChainStart(NamedTuple):
 
 
 class PhaseParts(NamedTuple):
-  """The negative phase in three parts, so that the chain can run inside one program
-  (`make_negative_phase`) or as host-dispatched segments (`ebm_jax.host_step`):
+  """The negative phase in three parts, so that `chain_program.build` can run the chain inside
+  one program or as host-dispatched segments:
     start(state, batch) -> ChainStart       (docs/algorithm.md, step 1)
     the chain: `chain_kernel` run K times     (step 2)
     finish(state, start, final, infos) -> NegativePhase   (step 3)
@@ -98,7 +99,7 @@ class PhaseParts(NamedTuple):
 
 def make_phase_parts(config: ml_collections.ConfigDict, model, info: data_lib.DatasetInfo,
                      mesh=None) -> PhaseParts:
-  """The three parts of `make_negative_phase` (see PhaseParts), each with the step's random
+  """The three parts of the negative phase (see PhaseParts), each with the step's random
   numbers: every part derives its keys from (seed, state.recoveries, state.step) alone."""
   bc = config.buffer
   energy = energy_fn(model)
@@ -204,23 +205,39 @@ def chain_kernel(config: ml_collections.ConfigDict, energy, params, begun: Chain
                                lc.leapfrog_steps)
 
 
+def training_chain(config: ml_collections.ConfigDict) -> chain_program.Chain:
+  """The training chain's length and noise schedule."""
+  lc = config.langevin
+  return chain_program.Chain(int(lc.num_steps), float(lc.noise_scale), bool(lc.anneal_noise))
+
+
+def chain_policy(config: ml_collections.ConfigDict, backend: str | None = None
+                 ) -> chain_program.Policy:
+  """How the training chain compiles on this backend (`chain_program.policy`)."""
+  lc = config.langevin
+  return chain_program.policy(lc.num_steps, lc.unroll, lc.host_segment, backend)
+
+
+def phase_fns(config: ml_collections.ConfigDict, model, info: data_lib.DatasetInfo, mesh,
+              then) -> chain_program.ChainFns:
+  """The negative phase as a chain program's functions, followed by then(state, neg): the
+  update for the training step, the gradient terms for ebm_jax.analysis."""
+  parts = make_phase_parts(config, model, info, mesh)
+  return chain_program.ChainFns(
+      start=parts.start,
+      kernel=lambda params, begun: chain_kernel(config, parts.energy, params, begun),
+      finish=lambda state, begun, final, infos: then(
+          state, parts.finish(state, begun, final, infos)))
+
+
 def make_negative_phase(config: ml_collections.ConfigDict, model, info: data_lib.DatasetInfo,
                         mesh=None):
-  """Returns phase(state, batch) -> NegativePhase: docs/algorithm.md's steps 1-3 for the step that
-  `state` is about to take, with that step's random numbers (so analysis code sees exactly
-  what the training step sees), the K Langevin steps inside the one program."""
-  lc = config.langevin
-  parts = make_phase_parts(config, model, info, mesh)
-
-  def phase(state: state_lib.TrainState, batch: dict[str, jax.Array]) -> NegativePhase:
-    begun = parts.start(state, batch)
-    kernel = chain_kernel(config, parts.energy, state.params, begun)
-    final, infos = langevin.run_chain(kernel, begun.chain_key, begun.x0, lc.num_steps,
-                                      lc.noise_scale, lc.anneal_noise,
-                                      unroll=langevin.resolve_unroll(lc.unroll, lc.num_steps))
-    return parts.finish(state, begun, final, infos)
-
-  return phase
+  """Returns phase(state, batch) -> NegativePhase: the algorithm's steps 1-3 for the step that
+  `state` is about to take, with that step's random numbers, the K Langevin steps inside one
+  traceable function (to jit, or to call inside another program)."""
+  fns = phase_fns(config, model, info, mesh, lambda state, neg: neg)
+  unroll = chain_program.policy(config.langevin.num_steps, config.langevin.unroll, 0).unroll
+  return functools.partial(chain_program.run_in_program, fns, training_chain(config), unroll)
 
 
 def make_loss_fn(config: ml_collections.ConfigDict, model, neg: NegativePhase):
@@ -289,13 +306,13 @@ def make_update(config: ml_collections.ConfigDict, model, tx: optax.GradientTran
 
 
 def make_train_step(config: ml_collections.ConfigDict, model, info: data_lib.DatasetInfo,
-                    tx: optax.GradientTransformation, mesh=None):
-  """Returns the pure step(state, batch) -> (state, metrics, negatives[:NUM_GRID]), the whole
-  step in one program (`ebm_jax.host_step` runs the same step with the chain host-driven)."""
-  phase = make_negative_phase(config, model, info, mesh)
+                    tx: optax.GradientTransformation, mesh, state_sharding, batch_sharding):
+  """The training step, step(state, batch) -> (state, metrics, negatives[:NUM_GRID]), built by
+  `chain_program.build` in the form `chain_policy(config)` says (the chain inside one program,
+  or driven from the host on CPU). It donates `state`."""
   update = make_update(config, model, tx)
-
-  def train_step(state: state_lib.TrainState, batch: dict[str, jax.Array]):
-    return update(state, phase(state, batch))  # steps 1-3, then 4
-
-  return train_step
+  return chain_program.build(
+      phase_fns(config, model, info, mesh, update), training_chain(config),
+      chain_policy(config), mesh, in_shardings=(state_sharding, batch_sharding),
+      out_shardings=(state_sharding, sharding.replicated(mesh), sharding.batch_sharded(mesh)),
+      donate_state=True)

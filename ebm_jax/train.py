@@ -23,12 +23,12 @@ from ebm_jax import data as data_lib
 from ebm_jax import distributed
 from ebm_jax import files
 from ebm_jax import guard as guard_lib
-from ebm_jax import host_step
 from ebm_jax import images, models, sampling, sharding, signals
 from ebm_jax import state as state_lib
 from ebm_jax.errors import DivergenceError
 from ebm_jax.metrics import MetricWriter
-from ebm_jax.step import dequantize, make_train_step, seed_keys
+from ebm_jax import step as step_lib
+from ebm_jax.step import dequantize, seed_keys
 
 
 def should_run(step: int, every: int, last_step: int) -> bool:
@@ -80,27 +80,22 @@ class Setup:
           buffer=jax.tree.map(lambda _: split, self.abstract_state.buffer))
     self.batch_sharding = {"image": sharding.batch_sharded(self.mesh),
                            "label": sharding.batch_sharded(self.mesh)}
-    self.host_segment = host_step.resolve_segment(config.langevin.host_segment,
-                                                  config.langevin.num_steps)
-    if self.host_segment:  # the chain as host-dispatched straight-line segments (CPU)
-      self.step_fn = host_step.HostChainStep(config, self.model, self.info, self.tx, self.mesh,
-                                             self.state_sharding, self.batch_sharding,
-                                             self.host_segment)
-    else:
-      self.step_fn = jax.jit(
-          make_train_step(config, self.model, self.info, self.tx, self.mesh),
-          in_shardings=(self.state_sharding, self.batch_sharding),
-          out_shardings=(self.state_sharding, rep, sharding.batch_sharded(self.mesh)),
-          donate_argnums=0)
+    self.chain_policy = step_lib.chain_policy(config)
+    self.step_fn = step_lib.make_train_step(config, self.model, self.info, self.tx, self.mesh,
+                                            self.state_sharding, self.batch_sharding)
+
+  @property
+  def host_segment(self) -> int:
+    """Steps per host-dispatched chain program of the step (0: the chain inside the program)."""
+    return self.chain_policy.segment
 
   @functools.cached_property
   def decompose_fn(self):
-    """The jitted gradient decomposition of ebm_jax.analysis (built on first use)."""
+    """The gradient decomposition of ebm_jax.analysis, built on first use with the training
+    step's chain program (so on CPU a long chain runs host-driven here too)."""
     from ebm_jax import analysis  # pylint: disable=import-outside-toplevel  (only when asked)
-    return jax.jit(analysis.make_gradient_decomposition(self.config, self.model, self.info,
-                                                        self.mesh),
-                   in_shardings=(self.state_sharding, self.batch_sharding),
-                   out_shardings=sharding.replicated(self.mesh))
+    return analysis.make_gradient_decomposition(self.config, self.model, self.info, self.mesh,
+                                                self.state_sharding, self.batch_sharding)
 
   def init_state(self) -> state_lib.TrainState:
     """Parameters are born with their sharding (jit with out_shardings)."""

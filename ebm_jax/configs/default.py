@@ -81,7 +81,7 @@ def get_config(variant: str = "") -> ml_collections.ConfigDict:
   # 0 = auto: the whole chain on CPU (XLA:CPU runs unrolled steps ~2x faster,
   # benchmarks/README.md; compile time grows with K), a rolled loop on GPU/TPU.
   c.langevin.unroll = 0
-  # Langevin steps per host-dispatched chain program in training (ebm_jax/host_step.py): the
+  # Langevin steps per host-dispatched chain program in training (ebm_jax/chain_program.py): the
   # step then runs as a start program, K/S calls of one straight-line S-step program and a
   # finishing program, with the same result. -1 = auto: on CPU segments of 10 when K > 10
   # (XLA:CPU runs the chain ~2x slower in a loop, and a fully unrolled K = 40 chain compiles

@@ -2,7 +2,7 @@
 8-device mesh must equal the same step on one device (same state, global batch and keys).
 
 Two steps are checked (with the chain inside the step program, and again with the chain run
-from the host as segments: ebm_jax/host_step.py), each from the *same* input state on both meshes: step 1 starts every
+from the host as segments: ebm_jax/chain_program.py), each from the *same* input state on both meshes: step 1 starts every
 chain from noise (empty buffer); step 2 starts from the 1-device state after step 1, so the
 chains start from buffer draws put through augmentation transitions. Comparing two steps run
 back to back would compare different inputs at step 2: a float rounding difference of one
@@ -89,7 +89,7 @@ def main():
   worst, _ = _check(cfg)
   cfg = digits.get_config("tiny")
   _, flips = _check(cfg, flip_tol=2 * cfg.optim.learning_rate + 1e-5)
-  # the host-driven chain (ebm_jax/host_step.py: segments of 2 and 1 steps), strict again
+  # the host-driven chain (ebm_jax/chain_program.py: segments of 2 and 1 steps), strict again
   cfg = digits.get_config("tiny")
   cfg.optim.eps = 1.0
   cfg.langevin.host_segment = 2

@@ -1,7 +1,7 @@
-"""The host-driven chain (langevin.host_segment > 0, ebm_jax/host_step.py) inside the training
+"""The host-driven chain (langevin.host_segment > 0, ebm_jax/chain_program.py) inside the training
 loop, where it is the CPU default for every chain longer than 10 steps: tests/test_host_step.py
-checks one HostChainStep against the one-program step, but only the loop restores a state from a
-checkpoint, rolls back after a divergence and builds a new HostChainStep for each run. Guarded:
+checks one HostChain against the one-program step, but only the loop restores a state from a
+checkpoint, rolls back after a divergence and builds a new HostChain for each run. Guarded:
 
   - resume is bitwise exact: 4 steps in one go equal 2 steps and a resumed run to 4 (the keys of
     every program derive from the restored state's step alone, nothing kept in the host object);
@@ -9,7 +9,7 @@ checkpoint, rolls back after a divergence and builds a new HostChainStep for eac
     checkpoint: the state the step gets after the rollback is that checkpoint's, bit for bit,
     with the rollback counted, and the run finishes with finite values;
   - no recompilation after a restore or a rollback: every call of the step gets arguments of one
-    signature (shapes, dtypes, shardings, weak types) in every run, the HostChainStep compiles its
+    signature (shapes, dtypes, shardings, weak types) in every run, the HostChain compiles its
     programs once (`_cache_size()`), and jax traces, lowers and compiles the step's programs
     (start, segment_fn, finish) during the first call only (jax.monitoring's duration events).
     A restored state with other shardings or dtypes would compile the whole step a second time.
@@ -25,7 +25,7 @@ import jax
 import numpy as np
 import pytest
 
-from ebm_jax import host_step, state as state_lib, train
+from ebm_jax import chain_program, state as state_lib, train
 from ebm_jax.metrics import METRICS_FILE, read_jsonl
 from test_train import tiny_config
 
@@ -100,9 +100,9 @@ def runs(monkeypatch):
 
 def _assert_compiled_once(run: WatchedStep, signature: tuple):
   """One compilation of the step in this run, during its first call, for `signature`."""
-  assert isinstance(run.inner, host_step.HostChainStep) and run.inner.lengths == [2, 1]
+  assert isinstance(run.inner, chain_program.HostChain) and run.inner.lengths == [2, 1]
   first, *later = run.calls
-  # the instrument sees the programs being made (a new HostChainStep traces them again)
+  # the instrument sees the programs being made (a new HostChain traces them again)
   assert {(e, name) for e in COMPILE_EVENTS for name in PROGRAMS} == set(first.events)
   for call in later:  # nothing traced, lowered or compiled again ...
     assert not call.events, (int(call.inputs.step), call.events)

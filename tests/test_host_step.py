@@ -1,4 +1,4 @@
-"""The host-driven chain (ebm_jax/host_step.py) against the one-program step (ebm_jax/step.py),
+"""The host-driven chain (ebm_jax/chain_program.py) against the one-program step (ebm_jax/step.py),
 whose numbers tests/test_step_oracle.py checks by hand.
 
 Both run ONE step from the same hand-made state (tests/_oracle_cases.py: a partly filled buffer,
@@ -18,7 +18,7 @@ import jax
 import numpy as np
 import pytest
 
-from ebm_jax import host_step, train
+from ebm_jax import chain_program, train
 
 from _oracle_cases import config as oracle_config, known_state
 
@@ -92,23 +92,12 @@ def _pair(fashion_dir, **overrides):
   """(host-driven Setup, one-program Setup, the known state, a batch) for one config."""
   host = train.Setup(_config(SEGMENT, fashion_dir, **overrides))
   one = train.Setup(_config(0, fashion_dir, **overrides))
-  assert isinstance(host.step_fn, host_step.HostChainStep)
+  assert isinstance(host.step_fn, chain_program.HostChain)
   assert host.step_fn.lengths == [2, 1]
-  assert not isinstance(one.step_fn, host_step.HostChainStep)
+  assert not isinstance(one.step_fn, chain_program.HostChain)
   state = known_state(host, np.random.default_rng(0))
   batch = host.global_batch(next(host.stream(int(state.step))))
   return host, one, state, batch
-
-
-def test_resolve_segment():
-  assert host_step.resolve_segment(-1, 40, "cpu") == 10
-  assert host_step.resolve_segment(-1, 11, "cpu") == 10
-  assert host_step.resolve_segment(-1, 10, "cpu") == 0  # short chains: inside the step
-  assert host_step.resolve_segment(-1, 40, "gpu") == 0
-  assert host_step.resolve_segment(-1, 40, "tpu") == 0
-  assert host_step.resolve_segment(0, 40, "cpu") == 0
-  assert host_step.resolve_segment(8, 40, "gpu") == 8
-  assert host_step.resolve_segment(5, 3, "cpu") == 3  # never longer than the chain
 
 
 @pytest.mark.parametrize("overrides", [{}, pytest.param({"model__conv": "spectral"},
@@ -131,12 +120,12 @@ def test_ahead_of_time_compilation_and_cost(fashion_mnist_dir):
   host, one, state, batch = _pair(fashion_mnist_dir)
   abstract_state = _abstract(state, host.state_sharding)
   abstract_batch = _abstract(batch, host.batch_sharding)
-  compiled = host.step_fn.lower(abstract_state, abstract_batch).compile()
+  compiled = chain_program.compile(host.step_fn, abstract_state, abstract_batch)
   _assert_same_step(state, _one_step(host, state, batch, compiled),
                     _one_step(one, state, batch))
   unrolled = _config(0, fashion_mnist_dir)
   unrolled.langevin.unroll = unrolled.langevin.num_steps
-  single = (train.Setup(unrolled).step_fn.lower(abstract_state, abstract_batch).compile()
-            .cost_analysis())
+  single = chain_program.compile(train.Setup(unrolled).step_fn, abstract_state,
+                                 abstract_batch).cost_analysis()
   single = single[0] if isinstance(single, (list, tuple)) else single
   np.testing.assert_allclose(compiled.cost_analysis()["flops"], single["flops"], rtol=0.05)

@@ -131,7 +131,7 @@ def test_unrolled_chain_computes_the_same_numbers():
 
 @pytest.mark.parametrize("anneal", [False, True])
 def test_segments_run_in_turn_are_the_chain(anneal):
-  # ebm_jax/host_step.py runs the training chain as segments dispatched from the host
+  # ebm_jax/chain_program.py runs the training chain as segments dispatched from the host
   kernel = langevin.build_kernel(gaussian_energy(0.5, 0.3), 0.01)
   x0 = jax.random.uniform(jax.random.key(1), (6, 5))
   key = jax.random.key(2)
@@ -153,8 +153,3 @@ def test_segments_run_in_turn_are_the_chain(anneal):
   assert langevin.segment_lengths(40, 5) == [5] * 8 and langevin.segment_lengths(3, 5) == [3]
 
 
-def test_auto_unroll_unrolls_the_whole_chain_on_cpu_only():
-  assert langevin.resolve_unroll(0, 40, "cpu") == 40
-  assert langevin.resolve_unroll(0, 40, "gpu") == 1 and langevin.resolve_unroll(0, 40, "tpu") == 1
-  assert langevin.resolve_unroll(8, 40, "cpu") == 8 and langevin.resolve_unroll(8, 40, "gpu") == 8
-  assert langevin.resolve_unroll(100, 40, "gpu") == 40

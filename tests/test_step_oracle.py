@@ -15,7 +15,7 @@ replacement with probabilities well inside (0, 1), β₁ ≠ 0, a global-norm cl
 a KL batch n < B.
 
 The cases cover the wirings that one unconditional run cannot show: the step with its chain
-inside the one program and driven from the host (ebm_jax/host_step.py); a conditional model,
+inside the one program and driven from the host (ebm_jax/chain_program.py); a conditional model,
 whose labels must reach the chain, L_CD and the KL rows; annealed noise over K = 5 steps run as
 host segments of 2, 2 and 1 steps, so that each segment must receive its own slice of the σ
 schedule; IGEBM (spectral norm, ∇ₓE clip) and JEM (cross-entropy) through the host chain.
@@ -34,7 +34,7 @@ import numpy as np
 import pytest
 
 from ebm_jax import augment as augment_lib
-from ebm_jax import host_step, train
+from ebm_jax import chain_program, train
 
 from _oracle_cases import B, config as _config, known_state as _known_state
 
@@ -200,7 +200,7 @@ def _close(a, b, what, rtol=2e-4, atol=1e-6):
 
 # segment: langevin.host_segment, 0 for the chain inside the one step program (GPU/TPU's
 # default), 2 for the chain driven from the host as 2-step programs and a shorter last one
-# (ebm_jax/host_step.py, CPU's default for long chains); `programs`: those programs' lengths.
+# (ebm_jax/chain_program.py, CPU's default for long chains); `programs`: those programs' lengths.
 # The default run has ICD both ways and, in one case (one compilation for both), a conditional
 # model with annealed noise through the host chain; the conditional model in the one program,
 # IGEBM and JEM (their own nets) with `pytest -m slow`.
@@ -213,7 +213,7 @@ def test_one_step_equals_the_oracle(kind, segment, programs, fashion_mnist_dir):
   config = _config(kind, fashion_mnist_dir)
   config.langevin.host_segment = segment
   setup = train.Setup(config)
-  host_driven = isinstance(setup.step_fn, host_step.HostChainStep)
+  host_driven = isinstance(setup.step_fn, chain_program.HostChain)
   assert host_driven == bool(programs)
   if host_driven:
     assert setup.step_fn.lengths == programs

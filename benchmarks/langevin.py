@@ -29,18 +29,16 @@ def run() -> dict:
   config = cli.load_config_flag()
   setup = train.Setup(config)
   state = setup.init_state()
-  lc = config.langevin
+  lc = setup.settings.langevin
   unroll = chain_program.policy(lc.num_steps, lc.unroll, 0).unroll
   b, k = config.train.batch_size, lc.num_steps
-  x_range = (0.0, 1.0) if lc.clip_x else None
   energy = step.energy_fn(setup.model)
   num_classes = setup.info.num_classes
   y = jnp.zeros((b, num_classes), jnp.float32).at[:, 0].set(1.0) if num_classes else None
 
   def make_chain(num_steps, unroll):
     def chain(params, model_state, key, x0):
-      kernel = langevin.build_kernel(lambda x: energy(params, model_state, x, y), lc.step_size,
-                                     lc.grad_clip, x_range, lc.sampler)
+      kernel = langevin.kernel(lambda x: energy(params, model_state, x, y), lc)
       final, infos = langevin.run_chain(kernel, key, x0, num_steps, lc.noise_scale,
                                         lc.anneal_noise, unroll=unroll)
       return final.x, infos.grad_norm[-1].mean()

@@ -38,10 +38,9 @@ def run() -> dict:
   rows = {}
   for unroll in [int(u) for u in FLAGS.unrolls]:
     def segment(v, x, unroll=unroll):
-      kernel = langevin.build_kernel(lambda z: model.apply(v, z), settings.step_size,
-                                     settings.grad_clip, langevin.box(settings.clip_x))
+      kernel = langevin.kernel(lambda z: model.apply(v, z), settings.chain)
       return langevin.run_chain(kernel, jax.random.key(2), x, FLAGS.steps,
-                                settings.noise_scale, unroll=unroll)[0].x
+                                settings.chain.noise_scale, unroll=unroll)[0].x
     t = time.perf_counter()
     compiled = jax.jit(segment).lower(variables, x0).compile()
     compile_s = time.perf_counter() - t

@@ -14,10 +14,10 @@ from typing import Any
 
 import jax
 import jax.numpy as jnp
-import ml_collections
 import optax
 
 from ebm_jax import chain_program, sharding
+from ebm_jax import settings as settings_lib
 from ebm_jax import step as step_lib
 
 TERMS = ("cd", "reg", "opt", "ent")  # the four terms of the loss, as losses.icd_loss names them
@@ -45,7 +45,7 @@ def _cosine(a, b) -> jax.Array:
   return dot / jnp.maximum(_norm(a) * _norm(b), 1e-30)
 
 
-def term_gradients(config: ml_collections.ConfigDict, model, info, state, batch, phase=None):
+def term_gradients(config: settings_lib.Settings, model, info, state, batch, phase=None):
   """{term: parameter gradient} for cd, reg, opt, ent, kl (= opt + ent), ce (JEM only) and
   total, the chain inside this traceable function. Not jitted (see
   make_gradient_decomposition)."""
@@ -53,7 +53,7 @@ def term_gradients(config: ml_collections.ConfigDict, model, info, state, batch,
   return gradients_of(config, model, state.params, phase(state, batch))
 
 
-def gradients_of(config: ml_collections.ConfigDict, model, params,
+def gradients_of(config: settings_lib.Settings, model, params,
                  neg: step_lib.NegativePhase):
   """term_gradients after the negative phase `neg`."""
   loss_fn = step_lib.make_loss_fn(config, model, neg)
@@ -85,7 +85,7 @@ def summarize(grads) -> dict[str, jax.Array]:
   return out
 
 
-def make_gradient_decomposition(config: ml_collections.ConfigDict, model, info, mesh,
+def make_gradient_decomposition(config: settings_lib.Settings, model, info, mesh,
                                 state_sharding, batch_sharding):
   """decompose(state, batch) -> {name: scalar} (see `summarize`): the training step's chain
   program (`step.make_train_step`'s form: host-driven on CPU for long chains) followed by the

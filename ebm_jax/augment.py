@@ -25,7 +25,8 @@ from typing import Callable
 import dm_pix as pix
 import jax
 import jax.numpy as jnp
-import ml_collections
+
+from ebm_jax import settings as settings_lib
 
 Transition = Callable[[jax.Array, jax.Array], jax.Array]
 
@@ -262,7 +263,7 @@ def elastic(key: jax.Array, image: jax.Array, alpha: float, sigma: float) -> jax
   return _clip01(out).astype(image.dtype)
 
 
-def make_transition(cfg: ml_collections.ConfigDict) -> Transition:
+def make_transition(cfg: settings_lib.AugmentSettings) -> Transition:
   """Builds the per-sample augmentation transition from the `augment` config block.
 
   Ops that the config switches off are left out of the trace entirely. Each op always gets the

@@ -7,14 +7,14 @@ until the loop reads it at a log or checkpoint step and rolls back (train._rollb
 
 import jax
 import jax.numpy as jnp
-import ml_collections
 
+from ebm_jax import settings as settings_lib
 from ebm_jax import state as state_lib
 from ebm_jax.errors import DivergenceError
 
 
 def update(guard: state_lib.GuardState, metrics: dict[str, jax.Array], step: jax.Array,
-           cfg: ml_collections.ConfigDict) -> state_lib.GuardState:
+           cfg: settings_lib.GuardSettings) -> state_lib.GuardState:
   """The on-device divergence check of one step. The first cause seen sticks until the loop
   reads it (at log / checkpoint steps) and rolls back, so no step goes unchecked and the
   step itself never waits for the host."""
@@ -35,7 +35,7 @@ def update(guard: state_lib.GuardState, metrics: dict[str, jax.Array], step: jax
 class Recovery:
   """Host side of the divergence guard: decides between rollback and giving up."""
 
-  def __init__(self, cfg: ml_collections.ConfigDict):
+  def __init__(self, cfg: settings_lib.GuardSettings):
     self.cfg = cfg
     self.trips: list[int] = []  # steps at which the guard tripped, this process
 

@@ -103,6 +103,21 @@ def build_kernel(energy_fn: EnergyFn, step_size: float, grad_clip: float = 0.0,
   return kernel
 
 
+def kernel(energy_fn: EnergyFn, chain):
+  """build_kernel for a `settings.ChainSettings`: the one way a chain's settings become its
+  kernel (training chain, the loss's x̂ replay, the test-time sampler)."""
+  return build_kernel(energy_fn, chain.step_size, chain.grad_clip, box(chain.clip_x),
+                      chain.sampler, chain.leapfrog_steps)
+
+
+def inside(x: jax.Array, x_range: XRange) -> jax.Array:
+  """Per row of x (B, ...): every coordinate within x_range (always, when unbounded)."""
+  flat = x.reshape(x.shape[0], -1)
+  if x_range is None:
+    return jnp.ones(flat.shape[0], bool)
+  return jnp.all((flat >= x_range[0]) & (flat <= x_range[1]), axis=-1)
+
+
 def build_mala_kernel(energy_fn: EnergyFn, step_size: float, grad_clip: float = 0.0,
                       x_range: XRange = (0.0, 1.0)):
   """Metropolis-adjusted Langevin. The state's x_noised is the point the step started from,
@@ -129,9 +144,7 @@ def build_mala_kernel(energy_fn: EnergyFn, step_size: float, grad_clip: float = 
     log_ratio = (-(e_p - e_x) / temperature
                  - sq_norm(x - mean_p) / (2 * var) + sq_norm(proposal - mean_x) / (2 * var))
     accept = jnp.log(jax.random.uniform(k_accept, e_x.shape)) < log_ratio
-    if x_range is not None:
-      flat = proposal.reshape(proposal.shape[0], -1)
-      accept &= jnp.all((flat >= x_range[0]) & (flat <= x_range[1]), axis=-1)
+    accept &= inside(proposal, x_range)  # outside the box: rejected, never clipped
     x_new = jnp.where(accept.reshape((-1,) + (1,) * (x.ndim - 1)), proposal, x)
     return (LangevinState(x=x_new, x_noised=x),
             LangevinInfo(energy=e_x, grad_norm=grad_norm, accepted=accept.astype(e_x.dtype)))
@@ -155,10 +168,7 @@ def build_hmc_kernel(energy_fn: EnergyFn, step_size: float, x_range: XRange = (0
     def log_density(flat):  # one chain, flattened
       z = flat.reshape(shape)
       value = -energy_fn(z[None]).sum() / temperature
-      if x_range is not None:
-        inside = jnp.all((z >= x_range[0]) & (z <= x_range[1]))
-        value = jnp.where(inside, value, -jnp.inf)
-      return value
+      return jnp.where(inside(z[None], x_range)[0], value, -jnp.inf)
 
     def one_chain(k, flat):
       start = blackjax.mcmc.hmc.init(flat, log_density)

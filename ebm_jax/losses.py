@@ -17,9 +17,8 @@ from typing import Callable, NamedTuple
 
 import jax
 import jax.numpy as jnp
-import ml_collections
-
 from ebm_jax import langevin
+from ebm_jax import settings as settings_lib
 
 # energy(params, x, y) -> (B, S)
 ParamEnergyFn = Callable[..., jax.Array]
@@ -77,53 +76,16 @@ class KLInputs(NamedTuple):
   labels: jax.Array | None  # labels [:n] for conditional models
 
 
-class Chain(NamedTuple):
-  """The training chain's settings that x̂ needs (config.langevin)."""
-  step_size: float  # λ
-  noise_scale: float  # σ
-  num_steps: int  # K (all-steps option only)
-  grad_clip: float = 0.0
-  clip_x: bool = True
-  sampler: str = "ula"
-  anneal_noise: bool = False
-
-
-class LossSettings(NamedTuple):
-  """The loss's settings (config.loss, with the chain of config.langevin), fixed at trace time."""
-  chain: Chain
-  cd: bool = True
-  reg_weight: float = 1.0
-  opt: bool = True
-  opt_weight: float = 1.0
-  ent: bool = True
-  ent_weight: float = 0.3
-  ent_eps: float = 1e-8
-  kl_form: str = "paper"
-  kl_all_steps: bool = False
-
-  @classmethod
-  def from_config(cls, config: ml_collections.ConfigDict) -> "LossSettings":
-    lc, lo = config.langevin, config.loss
-    chain = Chain(step_size=float(lc.step_size), noise_scale=float(lc.noise_scale),
-                  num_steps=int(lc.num_steps), grad_clip=float(lc.grad_clip),
-                  clip_x=bool(lc.clip_x), sampler=str(lc.sampler),
-                  anneal_noise=bool(lc.anneal_noise))
-    return cls(chain=chain, cd=bool(lo.cd), reg_weight=float(lo.reg_weight), opt=bool(lo.opt),
-               opt_weight=float(lo.opt_weight), ent=bool(lo.ent),
-               ent_weight=float(lo.ent_weight), ent_eps=float(lo.ent_eps),
-               kl_form=str(lo.kl_form), kl_all_steps=bool(lo.kl_all_steps))
-
-
-def kl_sample(energy: ParamEnergyFn, params, kl: KLInputs, chain: Chain, all_steps: bool):
+def kl_sample(energy: ParamEnergyFn, params, kl: KLInputs, chain: settings_lib.ChainSettings,
+              all_steps: bool):
   """x̂, differentiable in θ through ∇ₓE_θ (last step) or through all K steps."""
   energy_x = lambda x: energy(params, x, kl.labels)
   x_range = langevin.box(chain.clip_x)
   if all_steps:
-    kernel = langevin.build_kernel(energy_x, chain.step_size, chain.grad_clip, x_range,
-                                   chain.sampler)
     # sg(x0): chain starts come from the buffer or noise and carry no θ-dependence.
-    state, _ = langevin.run_chain(kernel, kl.chain_key, sg(kl.x0), chain.num_steps,
-                                  chain.noise_scale, chain.anneal_noise, remat=True)
+    state, _ = langevin.run_chain(langevin.kernel(energy_x, chain), kl.chain_key, sg(kl.x0),
+                                  chain.num_steps, chain.noise_scale, chain.anneal_noise,
+                                  remat=True)
     return state.x
   # sg(x̃_{K−1}): all earlier steps are cut (ref §1.4); θ enters only via this step's ∇ₓE_θ.
   x_hat, _ = langevin.gradient_step(energy_x, sg(kl.x_noised), chain.step_size,
@@ -132,12 +94,13 @@ def kl_sample(energy: ParamEnergyFn, params, kl: KLInputs, chain: Chain, all_ste
 
 
 def icd_loss(params, energy: ParamEnergyFn, *, x_pos, y_pos, x_neg, y_neg, kl: KLInputs,
-             ent_refs: jax.Array, ent_active: jax.Array, settings: LossSettings):
+             ent_refs: jax.Array, ent_active: jax.Array, settings: settings_lib.LossSettings,
+             chain: settings_lib.ChainSettings):
   """The total loss and every term, for `jax.value_and_grad(..., has_aux=True)`.
 
   ent_active (bool scalar) switches L_ent off until the buffer holds enough items for a
   meaningful comparison set. Returns (loss, aux) with aux holding each weighted term and the
-  raw energies.
+  raw energies. `chain` is the training chain (x̂ is one of its steps, or all of them).
   """
   lc = settings
   e_pos = energy(params, x_pos, y_pos)
@@ -149,7 +112,7 @@ def icd_loss(params, energy: ParamEnergyFn, *, x_pos, y_pos, x_neg, y_neg, kl: K
            "opt": zero, "ent": zero}
   if lc.opt or lc.ent:
     sign = -1.0 if lc.kl_form == "right" else 1.0
-    x_hat = kl_sample(energy, params, kl, lc.chain, lc.kl_all_steps)
+    x_hat = kl_sample(energy, params, kl, chain, lc.kl_all_steps)
     if lc.opt:
       # E_{sg θ}(x̂): L_opt has no direct parameter path, only the one through x̂ (paper Eq. 5-6).
       terms["opt"] = sign * lc.opt_weight * energy(sg(params), x_hat, kl.labels).mean()

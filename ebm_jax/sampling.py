@@ -6,8 +6,8 @@ final_steps plain steps. The energy is an argument (blackjax's shape), so one sa
 trained model (`sample`, `ebm_jax.load`), a composition of models (`compose`), evaluation along
 a chain (`evaluate quality --eval_every`) and the training loop's quality hook.
 
-  settings = sampling.settings_from_config(config)            # or ChainSettings(...) by hand
-  sampler = sampling.Sampler(sampling.model_energy(model), settings, shape=(28, 28, 1))
+  chain = sampling.settings_from_config(settings)             # or TestChain(...) by hand
+  sampler = sampling.Sampler(sampling.model_energy(model), chain, shape=(28, 28, 1))
   x, diagnostics = sampler.draw(key, 64, variables=variables)  # compiled once, reused
 
 energy_fn(variables, x, y) -> (B, S) energies (y: one-hot labels or None). Chains run in
@@ -15,34 +15,32 @@ batches of `batch_size`, each as segments of unrolled steps (langevin.test_chain
 one compilation per segment length and Sampler.
 """
 
+import dataclasses
 import functools
 import time
 from typing import Callable, Iterator, NamedTuple
 
 import jax
 import jax.numpy as jnp
-import ml_collections
 import numpy as np
 from absl import logging
 
 from ebm_jax import augment as augment_lib
 from ebm_jax import chain_program, langevin
+from ebm_jax import settings as settings_lib
 
 EnergyFn = Callable[..., jax.Array]  # (variables, x, y) -> (B, S)
 Transition = Callable[[jax.Array, jax.Array], jax.Array]  # (key, batch) -> batch
 
 
-class ChainSettings(NamedTuple):
-  """What the test-time chain needs, and nothing else (hashable: a static jit argument)."""
+class TestChain(NamedTuple):
+  """The test-time chain (hashable: a static jit argument): `chain`'s kernel — the training
+  chain's settings with the test-time λ — run num_blocks × (block_steps steps + one
+  augmentation transition), then final_steps plain steps, from U(noise_range) starts."""
+  chain: settings_lib.ChainSettings
   num_blocks: int  # blocks of block_steps Langevin steps, each followed by a transition
   block_steps: int
   final_steps: int  # plain steps at the end
-  step_size: float  # λ
-  noise_scale: float  # σ
-  grad_clip: float = 0.0  # elementwise clip of ∇ₓE (IGEBM); 0 = off
-  clip_x: bool = True  # samples kept in [0, 1]
-  sampler: str = "ula"  # "ula", "mala" or "hmc"
-  leapfrog_steps: int = 1  # hmc only
   noise_range: tuple[float, float] = (0.0, 1.0)  # chains start as U(lo, hi)
 
   @property
@@ -50,12 +48,14 @@ class ChainSettings(NamedTuple):
     return self.num_blocks * self.block_steps + self.final_steps
 
 
-def settings_from_config(config: ml_collections.ConfigDict, *, steps: int | None = None,
+def settings_from_config(settings: settings_lib.Settings, *, steps: int | None = None,
                          step_size: float | None = None,
-                         block_steps: int | None = None) -> ChainSettings:
-  """config.sample's chain (λ from sample.step_size, else langevin.step_size). `steps` (total)
-  overrides the length: the last min(final_steps, steps) are plain, the rest are blocks."""
-  s, lc = config.sample, config.langevin
+                         block_steps: int | None = None) -> TestChain:
+  """settings.sample's chain (λ from sample.step_size, else langevin.step_size). `steps`
+  (total) overrides the length: the last min(final_steps, steps) are plain, the rest are
+  blocks. `settings` may also be a ConfigDict (`settings.of`)."""
+  settings = settings_lib.of(settings)
+  s = settings.sample
   block = s.block_steps if block_steps is None else block_steps
   num_blocks, final = s.num_blocks, s.final_steps
   if steps is not None:
@@ -63,23 +63,22 @@ def settings_from_config(config: ml_collections.ConfigDict, *, steps: int | None
     num_blocks = (steps - final) // max(block, 1)
     final = steps - num_blocks * block
   if step_size is None:
-    step_size = s.step_size if s.step_size > 0 else lc.step_size
-  return ChainSettings(num_blocks=int(num_blocks), block_steps=int(block),
-                       final_steps=int(final), step_size=float(step_size),
-                       noise_scale=float(lc.noise_scale), grad_clip=float(lc.grad_clip),
-                       clip_x=bool(lc.clip_x), sampler=str(lc.sampler),
-                       leapfrog_steps=int(lc.leapfrog_steps),
-                       noise_range=tuple(float(v) for v in config.buffer.noise_range))
+    step_size = s.step_size if s.step_size > 0 else settings.langevin.step_size
+  return TestChain(chain=dataclasses.replace(settings.langevin, step_size=float(step_size)),
+                   num_blocks=int(num_blocks), block_steps=int(block), final_steps=int(final),
+                   noise_range=tuple(float(v) for v in settings.buffer.noise_range))
 
 
-def transition_from_config(config: ml_collections.ConfigDict, shape: tuple[int, ...],
+def transition_from_config(settings: settings_lib.Settings, shape: tuple[int, ...],
                            augment: bool | None = None) -> Transition | None:
-  """The batched augmentation transition of config.augment for images (None for flat data, or
-  when config.sample.augment / `augment` says no)."""
-  use = config.sample.augment if augment is None else augment
+  """The batched augmentation transition of settings.augment for images (None for flat data,
+  or when settings.sample.augment / `augment` says no)."""
+  settings = settings_lib.of(settings)
+  use = settings.sample.augment if augment is None else augment
   if not use or len(shape) != 3:
     return None
-  return functools.partial(augment_lib.augment_batch, augment_lib.make_transition(config.augment))
+  return functools.partial(augment_lib.augment_batch,
+                           augment_lib.make_transition(settings.augment))
 
 
 class Sampler:
@@ -88,7 +87,7 @@ class Sampler:
   recompilation). `variables` is whatever energy_fn takes (a model's variables, a tuple of
   them for a composition, or None when energy_fn closes over its own)."""
 
-  def __init__(self, energy_fn: EnergyFn, settings: ChainSettings, shape: tuple[int, ...],
+  def __init__(self, energy_fn: EnergyFn, settings: TestChain, shape: tuple[int, ...],
                transition: Transition | None = None, batch_size: int = 64):
     self.settings, self.shape, self.batch_size = settings, tuple(shape), int(batch_size)
 
@@ -99,12 +98,9 @@ class Sampler:
     # chain of blocks and final pieces of the same length compiles once.
     @functools.partial(jax.jit, static_argnums=(4,))
     def segment(variables, key, x, y, steps: int, transition_after: jax.Array):
-      kernel = langevin.build_kernel(lambda v: energy_fn(variables, v, y), settings.step_size,
-                                     settings.grad_clip,
-                                     langevin.box(settings.clip_x), settings.sampler,
-                                     settings.leapfrog_steps)
+      kernel = langevin.kernel(lambda v: energy_fn(variables, v, y), settings.chain)
       k_chain, k_aug = jax.random.split(key)
-      state, info = langevin.run_chain(kernel, k_chain, x, steps, settings.noise_scale,
+      state, info = langevin.run_chain(kernel, k_chain, x, steps, settings.chain.noise_scale,
                                        unroll=chain_program.policy(steps).unroll)
       x = state.x
       if transition is not None:
@@ -169,7 +165,7 @@ class Sampler:
     return np.concatenate([np.asarray(x) for x in xs])[:num], per_step
 
 
-def draw(energy_fn: EnergyFn, settings: ChainSettings, key: jax.Array, num: int,
+def draw(energy_fn: EnergyFn, settings: TestChain, key: jax.Array, num: int,
          shape: tuple[int, ...], labels: np.ndarray | None = None, *, variables=None,
          batch_size: int = 64, transition: Transition | None = None
          ) -> tuple[np.ndarray, dict]:
@@ -178,7 +174,7 @@ def draw(energy_fn: EnergyFn, settings: ChainSettings, key: jax.Array, num: int,
                                                                           variables)
 
 
-def along_chain(energy_fn: EnergyFn, settings: ChainSettings, key: jax.Array, num: int,
+def along_chain(energy_fn: EnergyFn, settings: TestChain, key: jax.Array, num: int,
                 shape: tuple[int, ...], labels: np.ndarray | None = None, *, steps: int,
                 every: int, variables=None, batch_size: int = 64,
                 transition: Transition | None = None
@@ -204,14 +200,14 @@ def model_energy(model) -> EnergyFn:
   return lambda variables, x, y: model.apply(variables, x, y)
 
 
-def for_model(config: ml_collections.ConfigDict, model, shape: tuple[int, ...], *,
+def for_model(settings: settings_lib.Settings, model, shape: tuple[int, ...], *,
               steps: int | None = None, augment: bool | None = None,
               batch_size: int | None = None) -> Sampler:
-  """The test-time sampler of config.sample for a Flax energy net (variables per call)."""
-  shape = tuple(shape)
-  return Sampler(model_energy(model), settings_from_config(config, steps=steps), shape,
-                 transition_from_config(config, shape, augment),
-                 batch_size or config.sample.batch_size)
+  """The test-time sampler of settings.sample for a Flax energy net (variables per call)."""
+  settings, shape = settings_lib.of(settings), tuple(shape)
+  return Sampler(model_energy(model), settings_from_config(settings, steps=steps), shape,
+                 transition_from_config(settings, shape, augment),
+                 batch_size or settings.sample.batch_size)
 
 
 def default_labels(num: int, num_classes: int, label: int = -1) -> np.ndarray | None:

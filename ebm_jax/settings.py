@@ -42,19 +42,20 @@ class ModelSettings:
 
 @dataclasses.dataclass(frozen=True)
 class ChainSettings:
-  """The Langevin chain of training (config.langevin): the one set of chain settings that the
-  training step, the loss's x̂ and (with the test-time lengths of `sampling.TestChain`) the
-  sampler build their kernels from."""
-  num_steps: int  # K
+  """A Langevin chain (config.langevin): the one set of chain settings from which the training
+  step, the loss's x̂ and the test-time sampler (`sampling.TestChain`, with its own λ) build
+  their kernels (`langevin.kernel`). The defaults serve chains made by hand (tests, notebooks);
+  from a config every field is given."""
   step_size: float  # λ
   noise_scale: float  # σ
-  anneal_noise: bool
-  grad_clip: float
-  sampler: str
-  leapfrog_steps: int
-  clip_x: bool
-  unroll: int
-  host_segment: int
+  grad_clip: float = 0.0  # elementwise clip of ∇ₓE (IGEBM); 0 = off
+  sampler: str = "ula"  # "ula", "mala" or "hmc"
+  leapfrog_steps: int = 1  # hmc only
+  clip_x: bool = True  # samples kept in [0, 1]
+  num_steps: int = 0  # K of the training chain
+  anneal_noise: bool = False  # σ_k = σ (K − k)/K in training
+  unroll: int = 0  # chain_program.policy
+  host_segment: int = -1  # chain_program.policy
 
 
 @dataclasses.dataclass(frozen=True)
@@ -193,6 +194,14 @@ class Settings:
 
   def replace(self, **sections) -> "Settings":
     return dataclasses.replace(self, **sections)
+
+
+def of(config_or_settings) -> Settings:
+  """A Settings as it is, or a ConfigDict (a notebook's, a test's) made typed: the one
+  conversion library entry points that users call directly apply to their argument."""
+  if isinstance(config_or_settings, Settings):
+    return config_or_settings
+  return Settings.from_config(config_or_settings)
 
 
 def _build(cls, node, where: str):

@@ -5,10 +5,10 @@ from typing import Any, NamedTuple
 import flax
 import jax
 import jax.numpy as jnp
-import ml_collections
 import optax
 
 from ebm_jax import buffer as buffer_lib
+from ebm_jax import settings as settings_lib
 
 
 # Why the divergence guard tripped (GuardState.cause).
@@ -46,7 +46,7 @@ OPTIMIZERS = ("adam", "igebm")
 SCHEDULES = ("constant", "cosine")
 
 
-def make_optimizer(cfg: ml_collections.ConfigDict,
+def make_optimizer(cfg: settings_lib.OptimSettings,
                    num_steps: int = 0) -> optax.GradientTransformation:
   """Global-norm clip, then Adam (ref §4: clip 0.5, Adam(2e-4, β=(0, 0.9), eps=1e-8)).
 
@@ -84,7 +84,7 @@ def _igebm_scale_by_adam(b1: float, b2: float, eps: float) -> optax.GradientTran
   return optax.GradientTransformation(inner.init, update_fn)
 
 
-def create(config: ml_collections.ConfigDict, model, shape: tuple[int, ...], num_classes: int,
+def create(config: settings_lib.Settings, model, shape: tuple[int, ...], num_classes: int,
            key: jax.Array, tx: optax.GradientTransformation,
            buffer_groups: int = 0) -> TrainState:
   """Initial state for data of per-example `shape` (call under jit for sharded creation);

@@ -19,7 +19,6 @@ from typing import Any, NamedTuple
 
 import jax
 import jax.numpy as jnp
-import ml_collections
 import optax
 
 from ebm_jax import augment as augment_lib
@@ -28,6 +27,7 @@ from ebm_jax import buffer as buffer_lib
 from ebm_jax import data as data_lib
 from ebm_jax import guard as guard_lib
 from ebm_jax import langevin, losses, models, sharding
+from ebm_jax import settings as settings_lib
 from ebm_jax import state as state_lib
 
 NUM_GRID = 64  # negatives returned per step for image summaries
@@ -49,6 +49,26 @@ def seed_keys(seed: int) -> tuple[jax.Array, jax.Array]:
   run replays exactly the random numbers an uninterrupted run would have used."""
   init_key, step_key = jax.random.split(jax.random.key(seed))
   return init_key, step_key
+
+
+class StepKeys(NamedTuple):
+  """The step's random numbers, each drawn from one key of fold_in(fold_in(step key,
+  rollbacks), step): the rollback counter is folded in first, so after a rollback the same
+  steps draw new numbers."""
+  dequantize: jax.Array  # x⁺ = (q + U) / levels
+  draw: jax.Array  # chain starts drawn from the buffer
+  augment: jax.Array  # their augmentation transition
+  restart: jax.Array  # noise restarts (and, folded with 1, true CD's data starts)
+  noise: jax.Array  # the restarts' uniform noise
+  chain: jax.Array  # the Langevin chain (step k: fold_in(chain, k))
+  add: jax.Array  # the reservoir's replacement slots
+  refs: jax.Array  # L_ent's comparison set, drawn after the add
+  refs_augment: jax.Array  # its augmentation transition
+
+
+def step_keys(seed: int, state) -> StepKeys:
+  key = jax.random.fold_in(jax.random.fold_in(seed_keys(seed)[1], state.recoveries), state.step)
+  return StepKeys(*jax.random.split(key, len(StepKeys._fields)))
 
 
 def dequantize(key: jax.Array, images: jax.Array, levels: int) -> jax.Array:
@@ -97,25 +117,25 @@ class PhaseParts(NamedTuple):
   finish: Any
 
 
-def make_phase_parts(config: ml_collections.ConfigDict, model, info: data_lib.DatasetInfo,
+def make_phase_parts(settings: settings_lib.Settings, model, info: data_lib.DatasetInfo,
                      mesh=None) -> PhaseParts:
   """The three parts of the negative phase (see PhaseParts), each with the step's random
   numbers: every part derives its keys from (seed, state.recoveries, state.step) alone."""
-  bc = config.buffer
+  bc = settings.buffer
   energy = energy_fn(model)
-  transition = augment_lib.make_transition(config.augment) if bc.augment else None
-  batch_size = config.train.batch_size
-  n_kl = config.loss.kl_samples or batch_size
-  jem = bool(config.model.jem)
+  transition = augment_lib.make_transition(settings.augment) if bc.augment else None
+  batch_size = settings.train.batch_size
+  n_kl = settings.loss.kl_samples or batch_size
+  jem = bool(settings.model.jem)
   conditional = info.num_classes > 0 and not jem  # JEM samples and trains E(x) unconditionally
-  spectral = config.model.conv == "spectral" or config.model.name == "igebm"
+  spectral = settings.model.conv == "spectral" or settings.model.name == "igebm"
   groups = (mesh.size if mesh is not None else 1) if bc.per_device else 0
   # KL rows: the first n; with per-device buffers the first n / G of each device's rows, so
   # that every device's KL samples meet its own references.
   kl_rows = (jnp.arange(n_kl) if not groups else
              (jnp.arange(groups)[:, None] * (batch_size // groups)
               + jnp.arange(n_kl // groups)[None, :]).reshape(-1))
-  inject_at = config.debug.inject_nan_at_step
+  inject_at = settings.debug.inject_nan_at_step
   kl_split = mesh is not None and n_kl % mesh.size == 0
 
   def kl_part(x):
@@ -131,19 +151,13 @@ def make_phase_parts(config: ml_collections.ConfigDict, model, info: data_lib.Da
       return x
     return jax.lax.with_sharding_constraint(x, sharding.batch_sharded(mesh))
 
-  def keys(state):
-    # The rollback counter is folded in first: after a rollback the same steps draw new numbers.
-    key = jax.random.fold_in(jax.random.fold_in(seed_keys(config.seed)[1], state.recoveries),
-                             state.step)
-    return jax.random.split(key, 9)
-
   def start(state: state_lib.TrainState, batch: dict[str, jax.Array]) -> ChainStart:
-    k_deq, k_draw, k_aug, k_restart, k_noise, k_chain, _, _, _ = keys(state)
-    x_pos = dequantize(k_deq, batch["image"], info.levels)
+    keys = step_keys(settings.seed, state)
+    x_pos = dequantize(keys.dequantize, batch["image"], info.levels)
     if inject_at > 0:  # fault injection for tests (debug.*): a NaN (or huge) batch at one step
       inject = ((state.step + 1 == inject_at)
-                & (state.recoveries < config.debug.inject_nan_times))
-      x_pos = jnp.where(inject, config.debug.inject_value, x_pos)
+                & (state.recoveries < settings.debug.inject_nan_times))
+      x_pos = jnp.where(inject, settings.debug.inject_value, x_pos)
     y = batch["label"] if conditional else None
 
     model_state = state.model_state
@@ -153,101 +167,99 @@ def make_phase_parts(config: ml_collections.ConfigDict, model, info: data_lib.Da
 
     # chain starts: buffer draws, one augmentation transition, noise restarts
     if groups:
-      x0 = buffer_lib.sample_groups(state.buffer, k_draw, batch_size)
+      x0 = buffer_lib.sample_groups(state.buffer, keys.draw, batch_size)
       empty = jnp.repeat(state.buffer.size == 0, batch_size // groups)
     else:
-      x0 = buffer_lib.sample(state.buffer, k_draw, batch_size)
+      x0 = buffer_lib.sample(state.buffer, keys.draw, batch_size)
       empty = state.buffer.size == 0
     if transition is not None:
-      x0 = augment_lib.augment_batch(transition, k_aug, constrain(x0))
+      x0 = augment_lib.augment_batch(transition, keys.augment, constrain(x0))
     if bc.data_prob > 0:  # true CD: some chains start at this step's data
-      k_data = jax.random.fold_in(k_restart, 1)
+      k_data = jax.random.fold_in(keys.restart, 1)
       from_data = jax.random.uniform(k_data, (batch_size,)) < bc.data_prob
       x0 = jnp.where(from_data.reshape((-1,) + (1,) * (x0.ndim - 1)), x_pos, x0)
     lo, hi = bc.noise_range
-    noise = jax.random.uniform(k_noise, x0.shape, minval=lo, maxval=hi)
-    restart = ((jax.random.uniform(k_restart, (batch_size,)) < bc.noise_restart_prob)
+    noise = jax.random.uniform(keys.noise, x0.shape, minval=lo, maxval=hi)
+    restart = ((jax.random.uniform(keys.restart, (batch_size,)) < bc.noise_restart_prob)
                | empty)
     x0 = constrain(jnp.where(restart.reshape((-1,) + (1,) * (x0.ndim - 1)), noise, x0))
     return ChainStart(x_pos=x_pos, labels=y, x0=x0, restart=restart, model_state=model_state,
-                      chain_key=k_chain, class_labels=batch["label"] if jem else None)
+                      chain_key=keys.chain, class_labels=batch["label"] if jem else None)
 
   def finish(state: state_lib.TrainState, begun: ChainStart, final: langevin.LangevinState,
              infos: langevin.LangevinInfo) -> NegativePhase:
-    *_, k_add, k_refs, k_refs_aug = keys(state)
+    keys = step_keys(settings.seed, state)
     # reservoir add, then the entropy comparison set from the updated buffer
     if groups:
-      new_buffer = buffer_lib.add_groups(state.buffer, k_add, final.x, bc.kind)
-      refs = buffer_lib.refs_groups(new_buffer, k_refs, config.loss.ent_num_refs)
+      new_buffer = buffer_lib.add_groups(state.buffer, keys.add, final.x, bc.kind)
+      refs = buffer_lib.refs_groups(new_buffer, keys.refs, settings.loss.ent_num_refs)
     else:
-      new_buffer = buffer_lib.add(state.buffer, k_add, final.x, bc.kind)
-      refs = buffer_lib.sample(new_buffer, k_refs, config.loss.ent_num_refs)
+      new_buffer = buffer_lib.add(state.buffer, keys.add, final.x, bc.kind)
+      refs = buffer_lib.sample(new_buffer, keys.refs, settings.loss.ent_num_refs)
     if transition is not None:
       flat = refs.reshape((-1,) + refs.shape[-len(info.shape):])
-      refs = augment_lib.augment_batch(transition, k_refs_aug, flat).reshape(refs.shape)
+      refs = augment_lib.augment_batch(transition, keys.refs_augment, flat).reshape(refs.shape)
     y = begun.labels
     kl = losses.KLInputs(x_noised=kl_part(final.x_noised), x0=kl_part(begun.x0),
                          chain_key=begun.chain_key, labels=None if y is None else kl_part(y))
     return NegativePhase(x_pos=begun.x_pos, labels=y, x_neg=final.x, kl=kl, ent_refs=refs,
-                         ent_active=jnp.all(new_buffer.size > config.loss.ent_min_buffer),
+                         ent_active=jnp.all(new_buffer.size > settings.loss.ent_min_buffer),
                          model_state=begun.model_state, buffer=new_buffer,
                          restart=begun.restart, infos=infos, class_labels=begun.class_labels)
 
   return PhaseParts(start=start, energy=energy, finish=finish)
 
 
-def chain_kernel(config: ml_collections.ConfigDict, energy, params, begun: ChainStart):
+def chain_kernel(settings: settings_lib.Settings, energy, params, begun: ChainStart):
   """The training chain's Langevin kernel on sg(θ): the chain never carries θ-gradients."""
-  lc = config.langevin
   params_sg = jax.lax.stop_gradient(params)
-  return langevin.build_kernel(lambda x: energy(params_sg, begun.model_state, x, begun.labels),
-                               lc.step_size, lc.grad_clip, langevin.box(lc.clip_x), lc.sampler,
-                               lc.leapfrog_steps)
+  return langevin.kernel(lambda x: energy(params_sg, begun.model_state, x, begun.labels),
+                         settings.langevin)
 
 
-def training_chain(config: ml_collections.ConfigDict) -> chain_program.Chain:
+def training_chain(settings: settings_lib.Settings) -> chain_program.Chain:
   """The training chain's length and noise schedule."""
-  lc = config.langevin
+  lc = settings.langevin
   return chain_program.Chain(int(lc.num_steps), float(lc.noise_scale), bool(lc.anneal_noise))
 
 
-def chain_policy(config: ml_collections.ConfigDict, backend: str | None = None
+def chain_policy(settings: settings_lib.Settings, backend: str | None = None
                  ) -> chain_program.Policy:
   """How the training chain compiles on this backend (`chain_program.policy`)."""
-  lc = config.langevin
+  lc = settings.langevin
   return chain_program.policy(lc.num_steps, lc.unroll, lc.host_segment, backend)
 
 
-def phase_fns(config: ml_collections.ConfigDict, model, info: data_lib.DatasetInfo, mesh,
+def phase_fns(settings: settings_lib.Settings, model, info: data_lib.DatasetInfo, mesh,
               then) -> chain_program.ChainFns:
   """The negative phase as a chain program's functions, followed by then(state, neg): the
   update for the training step, the gradient terms for ebm_jax.analysis."""
-  parts = make_phase_parts(config, model, info, mesh)
+  parts = make_phase_parts(settings, model, info, mesh)
   return chain_program.ChainFns(
       start=parts.start,
-      kernel=lambda params, begun: chain_kernel(config, parts.energy, params, begun),
+      kernel=lambda params, begun: chain_kernel(settings, parts.energy, params, begun),
       finish=lambda state, begun, final, infos: then(
           state, parts.finish(state, begun, final, infos)))
 
 
-def make_negative_phase(config: ml_collections.ConfigDict, model, info: data_lib.DatasetInfo,
+def make_negative_phase(settings: settings_lib.Settings, model, info: data_lib.DatasetInfo,
                         mesh=None):
   """Returns phase(state, batch) -> NegativePhase: the algorithm's steps 1-3 for the step that
   `state` is about to take, with that step's random numbers, the K Langevin steps inside one
   traceable function (to jit, or to call inside another program)."""
-  fns = phase_fns(config, model, info, mesh, lambda state, neg: neg)
-  unroll = chain_program.policy(config.langevin.num_steps, config.langevin.unroll, 0).unroll
-  return functools.partial(chain_program.run_in_program, fns, training_chain(config), unroll)
+  fns = phase_fns(settings, model, info, mesh, lambda state, neg: neg)
+  unroll = chain_program.policy(settings.langevin.num_steps, settings.langevin.unroll, 0).unroll
+  return functools.partial(chain_program.run_in_program, fns, training_chain(settings), unroll)
 
 
-def make_loss_fn(config: ml_collections.ConfigDict, model, neg: NegativePhase):
+def make_loss_fn(settings: settings_lib.Settings, model, neg: NegativePhase):
   """loss(params) -> (total, aux with every term), the function the step differentiates."""
   energy = energy_fn(model)
   icd = functools.partial(
       losses.icd_loss, energy=lambda p, x, yy: energy(p, neg.model_state, x, yy),
       x_pos=neg.x_pos, y_pos=neg.labels, x_neg=neg.x_neg, y_neg=neg.labels, kl=neg.kl,
       ent_refs=neg.ent_refs, ent_active=neg.ent_active,
-      settings=losses.LossSettings.from_config(config))
+      settings=settings.loss, chain=settings.langevin)
   if neg.class_labels is None:
     return icd
 
@@ -258,22 +270,22 @@ def make_loss_fn(config: ml_collections.ConfigDict, model, neg: NegativePhase):
                          method=models.JEMEnergy.logits)
     ce = optax.softmax_cross_entropy(logits, neg.class_labels).mean()
     accuracy = (logits.argmax(-1) == neg.class_labels.argmax(-1)).mean()
-    return loss + config.loss.ce_weight * ce, {**aux, "ce": ce, "accuracy": accuracy}
+    return loss + settings.loss.ce_weight * ce, {**aux, "ce": ce, "accuracy": accuracy}
 
   return jem_loss
 
 
-def make_update(config: ml_collections.ConfigDict, model, tx: optax.GradientTransformation):
+def make_update(settings: settings_lib.Settings, model, tx: optax.GradientTransformation):
   """Returns update(state, neg) -> (state, metrics, negatives[:NUM_GRID]): steps 4-5 of
   docs/algorithm.md (loss, gradient, clip + Adam, EMA, divergence guard) after a negative phase."""
 
   def update(state: state_lib.TrainState, neg: NegativePhase):
-    loss_fn = make_loss_fn(config, model, neg)
+    loss_fn = make_loss_fn(settings, model, neg)
     (loss, aux), grads = jax.value_and_grad(loss_fn, has_aux=True)(state.params)
     updates, opt_state = tx.update(grads, state.opt_state, state.params)
     updates = jax.tree.map(lambda u: u * state.lr_scale, updates)  # guard.lr_factor^rollbacks
     params = optax.apply_updates(state.params, updates)
-    ema = optax.incremental_update(params, state.ema_params, 1.0 - config.optim.ema_decay)
+    ema = optax.incremental_update(params, state.ema_params, 1.0 - settings.optim.ema_decay)
 
     e_pos, e_neg = aux["e_pos"].mean(), aux["e_neg"].mean()
     metrics = {
@@ -287,7 +299,7 @@ def make_update(config: ml_collections.ConfigDict, model, tx: optax.GradientTran
         "langevin_energy_end": neg.infos.energy[-1].mean(),
         "langevin_accept_rate": neg.infos.accepted.mean(),
         "restart_fraction": neg.restart.mean(),
-        "buffer_fill": neg.buffer.size.mean() / config.buffer.capacity,
+        "buffer_fill": neg.buffer.size.mean() / settings.buffer.capacity,
         "entropy_active": neg.ent_active.astype(jnp.float32),
         "grad_norm": optax.tree_utils.tree_norm(grads),
         "update_norm": optax.tree_utils.tree_norm(updates),
@@ -296,7 +308,7 @@ def make_update(config: ml_collections.ConfigDict, model, tx: optax.GradientTran
     if neg.class_labels is not None:  # JEM
       metrics["loss_ce"], metrics["train_accuracy"] = aux["ce"], aux["accuracy"]
     metrics["finite"] = jnp.isfinite(loss) & jnp.isfinite(metrics["grad_norm"])
-    guard = guard_lib.update(state.guard, metrics, state.step + 1, config.guard)
+    guard = guard_lib.update(state.guard, metrics, state.step + 1, settings.guard)
     new_state = state.replace(step=state.step + 1, params=params, ema_params=ema,
                               opt_state=opt_state, buffer=neg.buffer,
                               model_state=neg.model_state, guard=guard)
@@ -305,14 +317,14 @@ def make_update(config: ml_collections.ConfigDict, model, tx: optax.GradientTran
   return update
 
 
-def make_train_step(config: ml_collections.ConfigDict, model, info: data_lib.DatasetInfo,
+def make_train_step(settings: settings_lib.Settings, model, info: data_lib.DatasetInfo,
                     tx: optax.GradientTransformation, mesh, state_sharding, batch_sharding):
   """The training step, step(state, batch) -> (state, metrics, negatives[:NUM_GRID]), built by
-  `chain_program.build` in the form `chain_policy(config)` says (the chain inside one program,
+  `chain_program.build` in the form `chain_policy(settings)` says (the chain inside one program,
   or driven from the host on CPU). It donates `state`."""
-  update = make_update(config, model, tx)
+  update = make_update(settings, model, tx)
   return chain_program.build(
-      phase_fns(config, model, info, mesh, update), training_chain(config),
-      chain_policy(config), mesh, in_shardings=(state_sharding, batch_sharding),
+      phase_fns(settings, model, info, mesh, update), training_chain(settings),
+      chain_policy(settings), mesh, in_shardings=(state_sharding, batch_sharding),
       out_shardings=(state_sharding, sharding.replicated(mesh), sharding.batch_sharded(mesh)),
       donate_state=True)

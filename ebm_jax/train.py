@@ -24,6 +24,7 @@ from ebm_jax import distributed
 from ebm_jax import files
 from ebm_jax import guard as guard_lib
 from ebm_jax import images, models, sampling, sharding, signals
+from ebm_jax import settings as settings_lib
 from ebm_jax import state as state_lib
 from ebm_jax.errors import DivergenceError
 from ebm_jax.metrics import MetricWriter
@@ -58,18 +59,23 @@ def _check_workdir(workdir: str) -> None:
 
 
 class Setup:
-  """What both training and tests need: dataset info, model, mesh, optimizer, the step."""
+  """What both training and tests need: dataset info, model, mesh, optimizer, the step.
+
+  The boundary of the typed settings: `config` (the ConfigDict, kept for checkpoints and
+  config.json) is validated and turned into `settings` (ebm_jax.settings) here, and only
+  `settings` goes below."""
 
   def __init__(self, config: ml_collections.ConfigDict, devices=None):
     self.config = config
     self.mesh = sharding.make_mesh(devices)
     config_lib.validate(config, self.mesh.size)
-    self.info = data_lib.get_info(config.data)
-    self.model = _user_errors(models.make_model, config.model, self.info.shape,
+    self.settings = settings = settings_lib.Settings.from_config(config)
+    self.info = data_lib.get_info(settings.data)
+    self.model = _user_errors(models.make_model, settings.model, self.info.shape,
                               self.info.num_classes)
-    self.tx = state_lib.make_optimizer(config.optim, config.train.num_steps)
-    groups = self.mesh.size if config.buffer.per_device else 0
-    self.init_fn = functools.partial(state_lib.create, config, self.model, self.info.shape,
+    self.tx = state_lib.make_optimizer(settings.optim, settings.train.num_steps)
+    groups = self.mesh.size if settings.buffer.per_device else 0
+    self.init_fn = functools.partial(state_lib.create, settings, self.model, self.info.shape,
                                      self.info.num_classes, tx=self.tx, buffer_groups=groups)
     self.abstract_state = jax.eval_shape(self.init_fn, jax.random.key(0))
     rep = sharding.replicated(self.mesh)
@@ -80,8 +86,8 @@ class Setup:
           buffer=jax.tree.map(lambda _: split, self.abstract_state.buffer))
     self.batch_sharding = {"image": sharding.batch_sharded(self.mesh),
                            "label": sharding.batch_sharded(self.mesh)}
-    self.chain_policy = step_lib.chain_policy(config)
-    self.step_fn = step_lib.make_train_step(config, self.model, self.info, self.tx, self.mesh,
+    self.chain_policy = step_lib.chain_policy(settings)
+    self.step_fn = step_lib.make_train_step(settings, self.model, self.info, self.tx, self.mesh,
                                             self.state_sharding, self.batch_sharding)
 
   @property
@@ -94,29 +100,29 @@ class Setup:
     """The gradient decomposition of ebm_jax.analysis, built on first use with the training
     step's chain program (so on CPU a long chain runs host-driven here too)."""
     from ebm_jax import analysis  # pylint: disable=import-outside-toplevel  (only when asked)
-    return analysis.make_gradient_decomposition(self.config, self.model, self.info, self.mesh,
+    return analysis.make_gradient_decomposition(self.settings, self.model, self.info, self.mesh,
                                                 self.state_sharding, self.batch_sharding)
 
   def init_state(self) -> state_lib.TrainState:
     """Parameters are born with their sharding (jit with out_shardings)."""
     return jax.jit(self.init_fn, out_shardings=self.state_sharding)(
-        seed_keys(self.config.seed)[0])
+        seed_keys(self.settings.seed)[0])
 
   def fresh_state(self) -> state_lib.TrainState:
     """The state a run starts from: init_state, with the buffer filled with training images
     when buffer.init = "data" (true CD, critique §6.1)."""
     state = self.init_state()
-    if self.config.buffer.init == "data":
+    if self.settings.buffer.init == "data":
       state = self.seed_buffer(state)
     return state
 
   def seed_buffer(self, state: state_lib.TrainState) -> state_lib.TrainState:
     """Adds buffer.capacity dequantised training images (a stream of its own, so the training
     batches are those of a run without seeding)."""
-    bc, levels = self.config.buffer, self.info.levels
-    local_batch = self.config.train.batch_size // jax.process_count()
-    stream = data_lib.make_stream(self.config.data, batch_size=local_batch,
-                                  seed=self.config.seed + 1, start_step=0,
+    bc, levels = self.settings.buffer, self.info.levels
+    local_batch = self.settings.train.batch_size // jax.process_count()
+    stream = data_lib.make_stream(self.settings.data, batch_size=local_batch,
+                                  seed=self.settings.seed + 1, start_step=0,
                                   process_index=jax.process_index(),
                                   process_count=jax.process_count())
 
@@ -127,18 +133,18 @@ class Setup:
       return put(buf, k_add, dequantize(k_deq, images, levels), bc.kind)
 
     buf = state.buffer
-    key = jax.random.fold_in(seed_keys(self.config.seed)[0], 1)
+    key = jax.random.fold_in(seed_keys(self.settings.seed)[0], 1)
     groups = self.mesh.size if bc.per_device else 1  # each group takes B / groups per batch
-    for i in range(-(-bc.capacity * groups // self.config.train.batch_size)):
+    for i in range(-(-bc.capacity * groups // self.settings.train.batch_size)):
       buf = add(buf, jax.random.fold_in(key, i), self.global_batch(next(stream))["image"])
     logging.info("Buffer seeded with %d training images (buffer.init='data')",
                  int(np.sum(jax.device_get(buf.size))))
     return state.replace(buffer=buf)
 
   def stream(self, start_step: int):
-    local_batch = self.config.train.batch_size // jax.process_count()
-    return data_lib.make_stream(self.config.data, batch_size=local_batch,
-                                seed=self.config.seed, start_step=start_step,
+    local_batch = self.settings.train.batch_size // jax.process_count()
+    return data_lib.make_stream(self.settings.data, batch_size=local_batch,
+                                seed=self.settings.seed, start_step=start_step,
                                 process_index=jax.process_index(),
                                 process_count=jax.process_count())
 

@@ -14,6 +14,7 @@ import numpy as np
 import pytest
 
 from ebm_jax import composition, distributed, restore, sampling
+from ebm_jax import settings as settings_lib
 
 import clirun
 
@@ -61,10 +62,11 @@ def test_sample_flags_draw_what_the_in_process_sampler_draws(digits_workdir, tmp
   v40, v20 = restore.ema_variables(ema), restore.ema_variables(ema20)
   assert step == 40 and float(config.langevin.step_size) != 2.0
   lc, shape = config.langevin, tuple(info.shape)
-  default = sampling.ChainSettings(
-      num_blocks=1, block_steps=2, final_steps=2, step_size=float(lc.step_size),
-      noise_scale=float(lc.noise_scale), grad_clip=float(lc.grad_clip), clip_x=True,
-      sampler="ula", noise_range=tuple(config.buffer.noise_range))
+  default = sampling.TestChain(
+      chain=settings_lib.ChainSettings(step_size=float(lc.step_size),
+                                       noise_scale=float(lc.noise_scale),
+                                       grad_clip=float(lc.grad_clip), clip_x=True, sampler="ula"),
+      num_blocks=1, block_steps=2, final_steps=2, noise_range=tuple(config.buffer.noise_range))
   transition = sampling.transition_from_config(config, shape, True)
   assert transition is not None  # the default chain augments between blocks
   energy = sampling.model_energy(model)
@@ -118,10 +120,11 @@ def test_compose_flags_draw_what_the_composed_energy_draws(digits_workdir, tmp_p
   variables = [c.variables for c in components]
   config, shape = components[0].config, tuple(components[0].info.shape)
   lc = config.langevin
-  chain = sampling.ChainSettings(  # λ halved for two models
-      num_blocks=0, block_steps=2, final_steps=2, step_size=float(lc.step_size) / 2,
-      noise_scale=float(lc.noise_scale), grad_clip=float(lc.grad_clip),
-      noise_range=tuple(config.buffer.noise_range))
+  chain = sampling.TestChain(  # λ halved for two models
+      chain=settings_lib.ChainSettings(step_size=float(lc.step_size) / 2,
+                                       noise_scale=float(lc.noise_scale),
+                                       grad_clip=float(lc.grad_clip)),
+      num_blocks=0, block_steps=2, final_steps=2, noise_range=tuple(config.buffer.noise_range))
 
   def energy_of(op, **kwargs):
     def energy(vs, x, y):

@@ -31,6 +31,7 @@ import pytest
 
 from ebm_jax import augment as augment_lib
 from ebm_jax import losses, train
+from ebm_jax import settings as settings_lib
 from ebm_jax import step as step_lib
 
 B, N = 8, 4  # batch and KL rows (n < B: the replay runs on the first n rows only)
@@ -208,10 +209,10 @@ def test_the_replay_reproduces_the_chain_and_the_step_runs(case, step_out):
   np.testing.assert_allclose(np.asarray(neg.x_neg), hand["x_k"], atol=2e-5, err_msg="x_K")
   np.testing.assert_allclose(np.asarray(neg.kl.x0), hand["x0"][:N], atol=1e-6,
                              err_msg="KLInputs.x0: the KL rows' chain starts")
-  settings = losses.LossSettings.from_config(case["config"])
-  assert settings.kl_all_steps
+  settings = settings_lib.Settings.from_config(case["config"])
+  assert settings.loss.kl_all_steps
   energy = lambda p, x, y: hand["energy"](p, x)
-  replay = jax.jit(lambda p, kl: losses.kl_sample(energy, p, kl, settings.chain, True))
+  replay = jax.jit(lambda p, kl: losses.kl_sample(energy, p, kl, settings.langevin, True))
   np.testing.assert_allclose(np.asarray(replay(state.params, neg.kl)), hand["x_k"][:N],
                              atol=2e-5, err_msg="the replayed x̂ against the chain's x_K rows")
 

@@ -7,6 +7,7 @@ import numpy as np
 import pytest
 
 from ebm_jax import langevin, sampling
+from ebm_jax import settings as settings_lib
 
 
 def gaussian_energy(mu, s):
@@ -100,8 +101,9 @@ def test_test_time_chain_applies_a_transition_after_each_block():
   assert langevin.test_chain_segments(2, 0, 7) == [(7, False)]
   assert langevin.test_chain_segments(0, 20, 0) == []
   flat = lambda variables, z, y: jnp.zeros((z.shape[0], 1))  # only transitions move x
-  settings = sampling.ChainSettings(num_blocks=4, block_steps=3, final_steps=5, step_size=1.0,
-                                    noise_scale=0.0, clip_x=False)
+  settings = sampling.TestChain(
+      chain=settings_lib.ChainSettings(step_size=1.0, noise_scale=0.0, clip_x=False),
+      num_blocks=4, block_steps=3, final_steps=5)
   sampler = sampling.Sampler(flat, settings, (3,), transition=lambda key, x: x + 1.0)
   xs = [jnp.zeros((2, 3))]
   (infos,) = sampler.continue_chains(None, jax.random.key(0), xs, [None])

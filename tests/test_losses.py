@@ -13,10 +13,13 @@ import pytest
 
 from ebm_jax.configs.default import get_config
 from ebm_jax import langevin, losses
+from ebm_jax import settings as settings_lib
 
 
 def _settings(cfg):
-  return losses.LossSettings.from_config(cfg)
+  """The loss's keyword arguments `settings` and `chain` from a config."""
+  typed = settings_lib.Settings.from_config(cfg)
+  return {"settings": typed.loss, "chain": typed.langevin}
 
 jax.config.update("jax_enable_x64", False)
 D, B, N, M = 6, 5, 3, 7
@@ -59,7 +62,7 @@ def _loss_through_sampler(cfg, d):
     return losses.icd_loss(w, energy, x_pos=d["x_pos"], y_pos=None, x_neg=state.x,
                            y_neg=None, kl=kl, ent_refs=d["refs"] + 0.01 * w,
                            ent_active=jnp.array(True),
-                           settings=_settings(cfg))
+                           **_settings(cfg))
   return f
 
 
@@ -140,7 +143,7 @@ def test_entropy_is_off_until_active(data):
   kl = losses.KLInputs(data["x0"][:N], data["x0"][:N], data["chain_key"], None)
   f = lambda w: losses.icd_loss(w, energy, x_pos=data["x_pos"], y_pos=None, x_neg=data["x0"],
                                 y_neg=None, kl=kl, ent_refs=data["refs"],
-                                ent_active=jnp.array(False), settings=_settings(cfg))[0]
+                                ent_active=jnp.array(False), **_settings(cfg))[0]
   assert float(f(data["w"])) == 0.0
   assert not np.any(np.asarray(jax.grad(f)(data["w"])))
 
@@ -207,7 +210,7 @@ def test_multihead_kl_terms_match_their_closed_forms(data):
   def loss(wv):
     return losses.icd_loss(wv, _multihead_energy, x_pos=data["x_pos"], y_pos=None,
                            x_neg=data["x0"], y_neg=None, kl=kl, ent_refs=data["refs"],
-                           ent_active=jnp.array(True), settings=_settings(cfg))
+                           ent_active=jnp.array(True), **_settings(cfg))
 
   (total, aux), g = jax.value_and_grad(loss, has_aux=True)(data["w"])
   x_hat = (1 - LAM * c_sum * w) * x_t
@@ -241,7 +244,7 @@ def test_box_clip_blocks_the_gradient_through_saturated_pixels():
   def l_opt(wv):
     return losses.icd_loss(wv, lin, x_pos=x_t, y_pos=None, x_neg=x_t, y_neg=None, kl=kl,
                            ent_refs=x_t, ent_active=jnp.array(False),
-                           settings=_settings(cfg))[1]["opt"]
+                           **_settings(cfg))[1]["opt"]
 
   g = np.asarray(jax.grad(l_opt)(w))
   # x̂ = clip(x̃ + w s) = (1, 0.55, 0); L_opt = −1.3 Σ w̄ s x̂ with w̄ frozen: only d = 1 moves

@@ -16,12 +16,15 @@ import pytest
 from ebm_jax import buffer as buffer_lib
 from ebm_jax import data as data_lib
 from ebm_jax import langevin, losses, models, train
+from ebm_jax import settings as settings_lib
 from ebm_jax import state as state_lib
 from ebm_jax.experiments import ablation_lib as ablation
 
 
 def _settings(cfg):
-  return losses.LossSettings.from_config(cfg)
+  """The loss's keyword arguments `settings` and `chain` from a config."""
+  typed = settings_lib.Settings.from_config(cfg)
+  return {"settings": typed.loss, "chain": typed.langevin}
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
@@ -176,9 +179,9 @@ def test_right_kl_is_the_negated_paper_kl():
   kl = losses.KLInputs(x_noised=x, x0=x, chain_key=k[1], labels=None)
   args = dict(x_pos=jax.random.uniform(k[2], x.shape), y_pos=None, x_neg=x, y_neg=None, kl=kl,
               ent_refs=jax.random.uniform(k[3], (10, 8, 8, 1)), ent_active=jnp.array(True))
-  _, paper = losses.icd_loss(params, energy, settings=_settings(cfg), **args)
+  _, paper = losses.icd_loss(params, energy, **_settings(cfg), **args)
   cfg.loss.kl_form = "right"
-  _, right = losses.icd_loss(params, energy, settings=_settings(cfg), **args)
+  _, right = losses.icd_loss(params, energy, **_settings(cfg), **args)
   for term in ("opt", "ent", "kl"):
     assert float(paper[term]) != 0.0
     np.testing.assert_allclose(float(right[term]), -float(paper[term]), rtol=1e-6)

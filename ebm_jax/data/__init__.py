@@ -36,7 +36,7 @@ import numpy as np
 from ebm_jax.errors import DataError
 
 if TYPE_CHECKING:
-  import ml_collections
+  from ebm_jax import settings as settings_lib
 
 Batch = dict[str, np.ndarray]
 
@@ -60,7 +60,7 @@ from ebm_jax.data.toy2d import TOY_DENSITIES, _toy_stream, sample_toy2d, toy2d_l
 # =================================================================== public entry points
 
 
-def get_info(cfg: ml_collections.ConfigDict, *, process_index: int = 0,
+def get_info(cfg: settings_lib.DataSettings, *, process_index: int = 0,
              process_count: int = 1) -> DatasetInfo:
   """Describes the data `cfg` (the `config.data` block) selects.
 
@@ -93,7 +93,7 @@ def get_info(cfg: ml_collections.ConfigDict, *, process_index: int = 0,
       num_examples=len(range(process_index, total, process_count)), class_names=class_names)
 
 
-def make_stream(cfg: ml_collections.ConfigDict, *, batch_size: int, seed: int,
+def make_stream(cfg: settings_lib.DataSettings, *, batch_size: int, seed: int,
                 start_step: int = 0, process_index: int = 0,
                 process_count: int = 1) -> Iterator[Batch]:
   """Returns this process's infinite stream of local batches, starting at `start_step`.
@@ -140,7 +140,7 @@ def make_stream(cfg: ml_collections.ConfigDict, *, batch_size: int, seed: int,
                        process_count)
 
 
-def load_arrays(cfg: ml_collections.ConfigDict, n: int, *, split: str | None = None,
+def load_arrays(cfg: settings_lib.DataSettings, n: int, *, split: str | None = None,
                 seed: int = 0) -> Batch:
   """Returns the first n examples of a seeded shuffle of a whole split as one batch dict.
 

@@ -11,7 +11,7 @@ from ebm_jax.errors import DataError
 from ebm_jax.data.toy2d import TOY_DENSITIES
 
 if TYPE_CHECKING:
-  import ml_collections
+  from ebm_jax import settings as settings_lib
 
 
 @dataclasses.dataclass(frozen=True)
@@ -51,7 +51,7 @@ DATASETS = OFFLINE_DATASETS + tuple(TFDS_NAMES)
 # =================================================================== validation
 
 
-def _check_config(cfg: ml_collections.ConfigDict) -> None:
+def _check_config(cfg: settings_lib.DataSettings) -> None:
   if cfg.name not in DATASETS:
     raise DataError(f"data.name={cfg.name!r} is not one of {DATASETS}; set --config.data.name")
   if cfg.name == "toy2d":

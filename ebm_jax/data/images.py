@@ -11,7 +11,7 @@ import numpy as np
 
 
 if TYPE_CHECKING:
-  import ml_collections
+  from ebm_jax import settings as settings_lib
 
 Batch = dict[str, np.ndarray]
 
@@ -75,7 +75,7 @@ class _Arrays:
   levels: int
 
 
-def _array_batch(cfg: ml_collections.ConfigDict, arrays: _Arrays, key: str | None,
+def _array_batch(cfg: settings_lib.DataSettings, arrays: _Arrays, key: str | None,
                  idx: np.ndarray) -> Batch:
   images = resize_images(arrays.images[idx], cfg.image_size, arrays.levels - 1)
   images = convert_channels(images, cfg.channels)
@@ -86,7 +86,7 @@ def _array_batch(cfg: ml_collections.ConfigDict, arrays: _Arrays, key: str | Non
   return {"image": images, "label": labels}
 
 
-def _array_stream(cfg: ml_collections.ConfigDict, arrays: _Arrays, key: str | None,
+def _array_stream(cfg: settings_lib.DataSettings, arrays: _Arrays, key: str | None,
                   batch_size: int, seed: int, start_step: int, process_index: int,
                   process_count: int) -> Iterator[Batch]:
   total = arrays.images.shape[0]

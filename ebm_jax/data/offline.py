@@ -16,7 +16,7 @@ from ebm_jax.data.images import _Arrays
 from ebm_jax.data.shapes import SHAPE_ATTRIBUTES, _SHAPES_SIZE, _shapes_arrays
 
 if TYPE_CHECKING:
-  import ml_collections
+  from ebm_jax import settings as settings_lib
 
 
 # Where Debian's `dataset-fashion-mnist` package puts the IDX files.
@@ -44,7 +44,7 @@ def _check_split(name: str, split: str, valid: tuple[str, ...]) -> None:
     raise DataError(f"data.split={split!r} is not a split of {name}; valid: {valid}")
 
 
-def _offline_size(cfg: ml_collections.ConfigDict, split: str) -> int:
+def _offline_size(cfg: settings_lib.DataSettings, split: str) -> int:
   if cfg.name == "shapes":
     _check_split("shapes", split, tuple(_SHAPES_SIZE))
     return _SHAPES_SIZE[split]
@@ -56,7 +56,7 @@ def _offline_size(cfg: ml_collections.ConfigDict, split: str) -> int:
   return _offline_arrays(cfg, split).images.shape[0]
 
 
-def _offline_arrays(cfg: ml_collections.ConfigDict, split: str) -> _Arrays:
+def _offline_arrays(cfg: settings_lib.DataSettings, split: str) -> _Arrays:
   if cfg.name == "digits":
     _check_split("digits", split, ("train", "test"))
     return _digits_arrays(split)

@@ -16,7 +16,7 @@ from ebm_jax.data.base import DatasetInfo, TFDS_NAMES, _select_attribute
 from ebm_jax.data.images import _LUMA
 
 if TYPE_CHECKING:
-  import ml_collections
+  from ebm_jax import settings as settings_lib
 
 Batch = dict[str, np.ndarray]
 
@@ -47,7 +47,7 @@ class _TfdsSource:
   num_classes: int
 
 
-def _tfds_open(cfg: ml_collections.ConfigDict, split: str, process_index: int,
+def _tfds_open(cfg: settings_lib.DataSettings, split: str, process_index: int,
                process_count: int) -> tuple[_TfdsSource, DatasetInfo]:
   """Builds the tfds builder, checks the attribute and that the data is there (or gets it)."""
   _, tfds = _import_tfds()
@@ -78,7 +78,7 @@ def _tfds_open(cfg: ml_collections.ConfigDict, split: str, process_index: int,
   return source, info
 
 
-def _tfds_ensure_data(tfds: Any, builder: Any, cfg: ml_collections.ConfigDict,
+def _tfds_ensure_data(tfds: Any, builder: Any, cfg: settings_lib.DataSettings,
                       split: Any) -> None:
   """Raises DataError unless the split can be read, downloading first if cfg.download."""
   try:
@@ -127,7 +127,7 @@ def _first_line(e: BaseException) -> str:
   return text.splitlines()[0] if text else type(e).__name__
 
 
-def _tfds_pipeline(source: _TfdsSource, cfg: ml_collections.ConfigDict, *, batch_size: int,
+def _tfds_pipeline(source: _TfdsSource, cfg: settings_lib.DataSettings, *, batch_size: int,
                    seed: int, skip: int, repeat: bool, drop_remainder: bool,
                    take: int | None = None) -> Any:
   """The deterministic tf.data pipeline: [repeat] -> shuffle -> skip -> decode -> batch."""

@@ -10,7 +10,7 @@ import numpy as np
 
 
 if TYPE_CHECKING:
-  import ml_collections
+  from ebm_jax import settings as settings_lib
 
 Batch = dict[str, np.ndarray]
 
@@ -89,7 +89,7 @@ def _logsumexp(a: np.ndarray, axis: int) -> np.ndarray:
   return np.log(np.sum(np.exp(a - top), axis=axis)) + np.squeeze(top, axis)
 
 
-def _toy_stream(cfg: ml_collections.ConfigDict, batch_size: int, seed: int, start_step: int,
+def _toy_stream(cfg: settings_lib.DataSettings, batch_size: int, seed: int, start_step: int,
                 process_index: int, process_count: int = 1) -> Iterator[Batch]:
   step = start_step
   rows = slice(process_index * batch_size, (process_index + 1) * batch_size)

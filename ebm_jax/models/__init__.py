@@ -1,8 +1,8 @@
 """The one place that turns a model config into a Flax module (no registries)."""
 
 import jax.numpy as jnp
-import ml_collections
 
+from ebm_jax import settings as settings_lib
 from ebm_jax.models.igebm import IGEBMMnist, IGEBMResNet
 from ebm_jax.models.layers import SPECTRAL
 from ebm_jax.models.nets import (ARCHITECTURES, ATTN, JEMEnergy, MLPEnergy, ResNetEnergy,
@@ -20,18 +20,18 @@ DTYPES = tuple(_DTYPES)
 MULTISCALE_LAYOUTS = ("code", "paper")
 
 
-def _heads(cfg: ml_collections.ConfigDict):
+def _heads(cfg: settings_lib.ModelSettings):
   heads = ARCHITECTURES[cfg.name](cfg.features, cfg.attention)
   if not cfg.multiscale:
     return heads[:1]
   return paper_heads(heads) if cfg.multiscale_layout == "paper" else heads
 
 
-def num_heads(cfg: ml_collections.ConfigDict) -> int:
+def num_heads(cfg: settings_lib.ModelSettings) -> int:
   return 1 if cfg.name in ("mlp", "igebm") else len(_heads(cfg))
 
 
-def check_input_shape(cfg: ml_collections.ConfigDict, shape: tuple[int, ...]) -> None:
+def check_input_shape(cfg: settings_lib.ModelSettings, shape: tuple[int, ...]) -> None:
   """Raises ValueError, naming the config fields, if the net cannot take inputs of `shape`."""
   known = sorted(ARCHITECTURES) + ["mlp", "igebm"]
   if cfg.name not in known:
@@ -73,7 +73,7 @@ def check_input_shape(cfg: ml_collections.ConfigDict, shape: tuple[int, ...]) ->
                          "GroupNorm(32) cannot split; use a multiple of 32 above 128 channels")
 
 
-def make_model(cfg: ml_collections.ConfigDict, shape: tuple[int, ...], num_classes: int = 0):
+def make_model(cfg: settings_lib.ModelSettings, shape: tuple[int, ...], num_classes: int = 0):
   """Builds the energy net for data of per-example `shape`; `num_classes` > 0 makes it
   conditional (one-hot labels through FiLM). Returns a Flax module whose
   `apply(variables, x, y=None, train=False)` gives energies of shape (B, S)."""

@@ -101,3 +101,37 @@ def test_every_ref_mark_has_a_heading_in_docs_reference():
   assert marks, "the pattern finds the marks"
   missing = sorted((s, f) for s, f in marks if s not in headings)
   assert not missing, missing
+
+
+# The set-up layer: the modules that may hold the ConfigDict (load it, validate it, save it with
+# a checkpoint, build per-row configs) and turn it into ebm_jax.settings for everything below.
+SET_UP = {"ebm_jax.train", "ebm_jax.config_lib", "ebm_jax.checkpoint", "ebm_jax.restore",
+          "ebm_jax.api", "ebm_jax.experiments.ablation_lib", "ebm_jax.experiments.toy2d_lib"}
+COMMAND = {f"ebm_jax.{c}" for c in CLIS} | {"ebm_jax.cli", "ebm_jax.experiments.toy2d"}
+
+
+def _external_imports(path: str) -> set[str]:
+  """Top-level names of what a module imports (absl.flags as 'absl.flags')."""
+  found = set()
+  for node in ast.walk(ast.parse(open(path, encoding="utf-8").read())):
+    if isinstance(node, ast.Import):
+      found.update(a.name for a in node.names)
+    elif isinstance(node, ast.ImportFrom) and node.module and not node.level:
+      found.add(node.module)
+      found.update(f"{node.module}.{a.name}" for a in node.names)
+  return found
+
+
+def test_the_config_dict_stops_at_set_up_and_flags_live_in_command_modules():
+  modules = _modules()
+  below = {n: p for n, p in modules.items()
+           if n not in SET_UP | COMMAND and not n.startswith("ebm_jax.configs")}
+  assert "ebm_jax.step" in below and "ebm_jax.train" not in below  # the split works
+  holding = sorted(n for n, p in below.items() if "ml_collections" in _external_imports(p))
+  assert not holding, f"modules below set-up that import ml_collections: {holding}"
+  flags = sorted(n for n, p in modules.items()
+                 if n not in COMMAND and "absl.flags" in _external_imports(p))
+  assert not flags, f"library modules that define absl flags: {flags}"
+  graph = {n: _imports(n, p, set(modules)) for n, p in modules.items()}
+  uses_cli = sorted(n for n, deps in graph.items() if "ebm_jax.cli" in deps and n not in COMMAND)
+  assert not uses_cli, f"library modules that import the command-line module: {uses_cli}"

@@ -14,6 +14,7 @@ import pytest
 from ebm_jax.configs import digits
 from ebm_jax import composition, config_lib, models, restore
 from ebm_jax import data as data_lib
+from ebm_jax.settings import Settings
 from ebm_jax.eval import features, ood, stats
 
 import clirun
@@ -118,6 +119,31 @@ def test_composition_equals_the_energies_evaluated_directly():
   # a low temperature turns `or` into the minimum
   np.testing.assert_allclose(composition.combine([e1, e2], "or", temperature=1e-4),
                              np.minimum(e1, e2), atol=1e-3)
+
+
+def test_a_run_is_one_value_whose_flag_overrides_are_a_new_value():
+  """restore.Run: its settings are the typed value of its config; `with_sample` (what the
+  chain flags build) gives a new Run and leaves the run and its saved config as they were;
+  `energy_fn` is the head-summed energy; held-out images read the same from either form of
+  the data section."""
+  config, model, (v1, _), x = _conditional_model()
+  info = type("Info", (), {"num_classes": 3, "class_names": ("a", "b", "c"),
+                           "shape": x.shape[1:]})()
+  run = restore.Run.of(config, info, model, v1, step=7)
+  assert run.settings == Settings.from_config(config) and run.step == 7
+  changed = run.with_sample(step_size=2.0, final_steps=1)
+  assert (changed.settings.sample.step_size, changed.settings.sample.final_steps) == (2.0, 1)
+  assert run.settings == Settings.from_config(config)
+  assert float(config.sample.step_size) != 2.0 and changed.config is config
+  assert run.with_sample() is run
+  y = jnp.zeros((4, 3)).at[:, 1].set(1.0)
+  np.testing.assert_allclose(jax.jit(run.energy_fn())(x, y), model.apply(v1, x, y).sum(-1),
+                             rtol=1e-6)
+  images, labels = data_lib.test_images(digits.get_config().data, 20, seed=4)
+  typed, typed_labels = data_lib.test_images(
+      Settings.from_config(digits.get_config()).data, 20, seed=4)
+  np.testing.assert_array_equal(images, typed)
+  np.testing.assert_array_equal(labels, typed_labels)
 
 
 def test_ood_sets_have_the_model_shape_and_range(tmp_path):

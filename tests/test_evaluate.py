@@ -280,7 +280,7 @@ def test_jem_accuracy_and_conditional_sampling_commands(fashion_mnist_dir, tmp_p
   # recomputed here: the EMA net's logits on the same 50 test images (--seed=0's subset)
   trained = restore.load(run)
   x, labels = data_lib.test_images(trained.settings.data, 50, seed=0)
-  logits = trained.model.apply(trained.variables, x, method=models.JEMEnergy.logits)
+  logits = np.asarray(trained.model.apply(trained.variables, x, method=models.JEMEnergy.logits))
   expected = float(np.mean(np.argmax(logits, -1) == labels.argmax(-1)))
   assert result["num"] == 50 and result["test_accuracy"] == pytest.approx(expected, abs=1e-9)
   # a conditional (class-labelled) digits model: every sample carries the requested label

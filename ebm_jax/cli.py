@@ -88,16 +88,40 @@ def define_chain_flags() -> None:
                      "config.sample.step_size, else the training one).")
 
 
-def apply_chain_flags(config) -> None:
-  """--block_steps / --final_steps / --step_size into config.sample (checked: a UserError
-  names the flag)."""
+def apply_chain_flags(run):
+  """The run (restore.Run) with --block_steps / --final_steps / --step_size in its
+  settings.sample (a new value: the run and its saved config are left as they were); checked,
+  a UserError names the flag."""
+  changes = {}
   for name, least in (("block_steps", 1), ("final_steps", 0), ("step_size", 0)):
     value = flags.FLAGS[name].value
     if value is not None and (value < least or (name == "step_size" and not value > 0)):
       raise errors.UserError(f"--{name}={value} must be "
                              + ("positive" if name == "step_size" else f"at least {least}"))
     if value is not None:
-      config.sample[name] = value
+      changes[name] = float(value) if name == "step_size" else int(value)
+  return run.with_sample(**changes)
+
+
+def define_evaluate_flags() -> None:
+  """The flags of `evaluate classifier` and `evaluate likelihood` (the library modules behind
+  them, eval/features.py and eval/likelihood.py, define none)."""
+  from ebm_jax.eval import features, likelihood  # pylint: disable=import-outside-toplevel
+  flags.DEFINE_string("data", None, f"classifier: dataset ({', '.join(features.DATASETS)}).")
+  flags.DEFINE_string("data_path", "", "classifier: folder of the dataset's files (as "
+                      "data.path; default: the dataset's usual place).")
+  flags.DEFINE_integer("image_size", 0, "classifier: image size (default: the dataset's).")
+  flags.DEFINE_integer("channels", 0, "classifier: channels (default: the dataset's).")
+  flags.DEFINE_string("attribute", "", "classifier: label attribute (shapes: shape, color, "
+                      "size, position).")
+  flags.DEFINE_integer("classifier_steps", 1500, "classifier: optimisation steps.")
+  flags.DEFINE_integer("chains", 512, "likelihood: AIS chains.")
+  flags.DEFINE_integer("temperatures", 2000, "likelihood: AIS temperatures (one step each).")
+  flags.DEFINE_enum("sampler", "hmc", list(likelihood.SAMPLERS), "likelihood: AIS transitions.")
+  flags.DEFINE_float("ais_step_size", None, "likelihood: HMC leapfrog / MALA step size "
+                     "(default: 0.1 for 2-D data, 0.005 for images).")
+  flags.DEFINE_integer("leapfrog_steps", 5, "likelihood: leapfrog steps per HMC transition.")
+  flags.DEFINE_float("temperature", 1.0, "likelihood: T of the density exp(-E/T).")
 
 
 def make_dirs(path: str, flag: str) -> None:

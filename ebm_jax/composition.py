@@ -1,7 +1,7 @@
 """Compositional generation with independently trained energy models (paper §3.3, Fig. 10);
 the command line is ebm_jax/compose.py.
 
-A component is a trained model with the label it is conditioned on (WORKDIR[:LABEL], LABEL a
+A component is a trained run (restore.Run) with the label it is conditioned on (WORKDIR[:LABEL], LABEL a
 class/attribute value name or index; none for an unconditional model). Operators on energies
 E_1..E_M (summed over heads):
   and: Σ_i E_i                           (product of experts)
@@ -50,29 +50,27 @@ def composed_energy(energy_fns: list[EnergyFn], op: str, **kwargs) -> EnergyFn:
   return lambda x: combine([f(x) for f in energy_fns], op, **kwargs)
 
 
-@dataclasses.dataclass
+@dataclasses.dataclass(frozen=True)
 class Component:
-  """One trained model with the label it is conditioned on."""
-  workdir: str
-  config: object
-  info: object
-  model: object
-  variables: dict
+  """A trained run (restore.Run) with the label it is conditioned on, and where it was read."""
+  run: restore.Run
   label: int | None  # class index, None for unconditional models
+  workdir: str = ""
 
   @property
   def label_name(self) -> str:
-    return "" if self.label is None else self.info.class_names[self.label]
+    return "" if self.label is None else self.run.info.class_names[self.label]
 
   def energy(self, x: jax.Array) -> jax.Array:
     """E(x) (B,), heads summed, under this component's label."""
-    return self.energy_with(self.variables, x)
+    return self.energy_with(self.run.variables, x)
 
   def energy_with(self, variables, x: jax.Array) -> jax.Array:
+    """E(x) (B,), heads summed, under this component's label and the given variables."""
     y = None
     if self.label is not None:
-      y = jnp.zeros((x.shape[0], self.info.num_classes)).at[:, self.label].set(1.0)
-    return self.model.apply(variables, x, y).sum(-1)
+      y = jnp.zeros((x.shape[0], self.run.info.num_classes)).at[:, self.label].set(1.0)
+    return restore.summed_energy(self.run.model)(variables, x, y)
 
 
 def parse_label(spec_label: str, info, workdir: str) -> int | None:
@@ -91,10 +89,8 @@ def parse_label(spec_label: str, info, workdir: str) -> int | None:
 
 def load_component(spec: str, step: int | None = None) -> Component:
   workdir, _, label = spec.partition(":")
-  config, info, model, ema, _ = restore.load_for_sampling(workdir, step)
-  return Component(workdir, config, info, model,
-                   restore.ema_variables(ema),
-                   parse_label(label, info, workdir))
+  run = restore.load(workdir, step)
+  return Component(run, parse_label(label, run.info, workdir), workdir)
 
 
 def sample(components: list[Component], op: str, key: jax.Array, num: int, *,
@@ -102,12 +98,12 @@ def sample(components: list[Component], op: str, key: jax.Array, num: int, *,
                        augment: bool | None = None) -> np.ndarray:
   """num samples from the composed energy by the first model's test-time chain (the one
   sampler, ebm_jax/sampling.py), with the step size divided by the number of models."""
-  first = components[0]
-  shapes = {tuple(c.info.shape) for c in components}
+  first = components[0].run.settings  # the first model's chain and sampling settings
+  shapes = {tuple(c.run.info.shape) for c in components}
   if len(shapes) != 1:
     raise UserError(f"the models take different inputs: {sorted(shapes)}")
-  shape = tuple(first.info.shape)
-  settings = sampling.settings_from_config(first.config, steps=steps)
+  shape = tuple(components[0].run.info.shape)
+  settings = sampling.settings_from_config(first, steps=steps)
   settings = settings._replace(step_size=settings.step_size / len(components))
 
   def energy(variables, x, y):
@@ -116,9 +112,9 @@ def sample(components: list[Component], op: str, key: jax.Array, num: int, *,
                    temperature=temperature, alpha=alpha)[:, None]
 
   x, _ = sampling.draw(energy, settings, key, num, shape,
-                       variables=[c.variables for c in components],
-                       batch_size=first.config.sample.batch_size,
-                       transition=sampling.transition_from_config(first.config, shape, augment))
+                       variables=[c.run.variables for c in components],
+                       batch_size=first.sample.batch_size,
+                       transition=sampling.transition_from_config(first, shape, augment))
   return x
 
 
@@ -137,15 +133,15 @@ def score(components: list[Component], x: np.ndarray, key: jax.Array, cache_dir:
   """Attribute success of an `and` composition of conditional shapes models: for the samples
   x, and for as many samples of each model alone (same key and chain)."""
   from ebm_jax.eval import features  # pylint: disable=import-outside-toplevel
-  if any(c.config.data.name != "shapes" or c.label is None for c in components):
+  data = [c.run.settings.data for c in components]
+  if any(d.name != "shapes" or c.label is None for d, c in zip(data, components)):
     raise UserError("--score measures --op=and compositions of conditional models of the "
                     "shapes data")
-  requested = {c.config.data.attribute: c.label for c in components}
-  classifiers = {c.config.data.attribute: features.load_classifier(
-      c.config.data, c.config.data.attribute, cache_dir) for c in components}
+  requested = {d.attribute: c.label for d, c in zip(data, components)}
+  classifiers = {d.attribute: features.load_classifier(d, d.attribute, cache_dir) for d in data}
   table = {"composition": attribute_success(x, requested, classifiers)}
-  for c in components:
+  for d, c in zip(data, components):
     alone = sample([c], "and", key, len(x), **sample_kwargs)
-    table[f"{c.config.data.attribute}={c.label_name} alone"] = attribute_success(
+    table[f"{d.attribute}={c.label_name} alone"] = attribute_success(
         alone, requested, classifiers)
   return table

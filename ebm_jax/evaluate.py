@@ -40,10 +40,9 @@ def define_flags() -> None:
                        "measure the samples every this many steps (0: only at the end).")
   flags.DEFINE_list("ood", ["uniform", "constant", "interpolation", "flip_v"],
                     f"OOD sets: {', '.join(ood.OOD_SETS)} or paths to .npz files.")
-  features.define_flags()
   flags.DEFINE_string("cache_dir", None, "Where feature classifiers are kept "
                       "(default: $EBM_JAX_CACHE or ~/.cache/ebm_jax).")
-  likelihood.define_flags()
+  cli.define_evaluate_flags()
   flags.DEFINE_string("out", None, "Also write the JSON result here (export: the folder).")
 
 
@@ -83,21 +82,20 @@ def run(argv: list[str]) -> None:
     return features.classifier_command(FLAGS.data, FLAGS.data_path, FLAGS.image_size,
                                        FLAGS.channels, FLAGS.attribute, FLAGS.classifier_steps,
                                        FLAGS.seed, cache_dir)
-  config, info, model, ema, step = restore.load_for_sampling(FLAGS.workdir, FLAGS.step)
-  cli.apply_chain_flags(config)
-  head = {"command": command, "workdir": FLAGS.workdir, "step": step}
+  trained = cli.apply_chain_flags(restore.load(FLAGS.workdir, FLAGS.step))
+  head = {"command": command, "workdir": FLAGS.workdir, "step": trained.step}
   if command == "quality":
-    net = features.load_classifier(config.data, config.data.attribute, cache_dir)
-    result = quality.evaluate(config, model, ema, info, net, num=FLAGS.num, steps=FLAGS.steps,
-                              seed=FLAGS.seed, eval_every=FLAGS.eval_every,
-                              log=lambda s: print(s, flush=True))
+    data = trained.settings.data
+    net = features.load_classifier(data, data.attribute, cache_dir)
+    result = quality.evaluate(trained, net, num=FLAGS.num, steps=FLAGS.steps, seed=FLAGS.seed,
+                              eval_every=FLAGS.eval_every, log=lambda s: print(s, flush=True))
   elif command == "likelihood":
     result = likelihood.evaluate(
-        config, model, ema, info, num=FLAGS.num, chains=FLAGS.chains, sampler=FLAGS.sampler,
+        trained, num=FLAGS.num, chains=FLAGS.chains, sampler=FLAGS.sampler,
         temperatures=FLAGS.temperatures, step_size=FLAGS.ais_step_size, seed=FLAGS.seed,
         leapfrog_steps=FLAGS.leapfrog_steps, temperature=FLAGS.temperature)
   elif command == "accuracy":
-    result = jem.accuracy(config, model, ema, FLAGS.num, seed=FLAGS.seed)
+    result = jem.accuracy(trained, FLAGS.num, seed=FLAGS.seed)
   elif command == "ood":
     done = {}
 
@@ -107,13 +105,11 @@ def run(argv: list[str]) -> None:
       if FLAGS.out:
         cli.write_text(FLAGS.out, json.dumps({**head, "sets": done, "partial": True}, indent=2))
 
-    result = ood.ood(config, model, ema, info, list(FLAGS.ood), num=FLAGS.num,
-                     seed=FLAGS.seed, on_set=on_set)
+    result = ood.ood(trained, list(FLAGS.ood), num=FLAGS.num, seed=FLAGS.seed, on_set=on_set)
     print(ood.markdown_table(result))
   else:
     out = FLAGS.out or os.path.join(FLAGS.workdir, "export")
-    x = quality.generate_samples(config, model, ema, info, FLAGS.num, steps=FLAGS.steps,
-                                 seed=FLAGS.seed)
+    x = quality.generate_samples(trained, FLAGS.num, steps=FLAGS.steps, seed=FLAGS.seed)
     images.export_samples(x, out)
     print(f"wrote {len(x)} PNG files and samples.npz to {out}")
     return None

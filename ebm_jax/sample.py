@@ -49,23 +49,26 @@ def _check_flags() -> None:
 def run(argv) -> None:
   cli.no_positional(argv)
   _check_flags()
-  config, info, model, ema, step = restore.load_for_sampling(FLAGS.workdir, FLAGS.step)
+  trained = restore.load(FLAGS.workdir, FLAGS.step)
+  info = trained.info
   if FLAGS.label >= max(info.num_classes, 1) or (FLAGS.label >= 0 and not info.num_classes):
     raise UserError(f"--label={FLAGS.label}: the model has {info.num_classes} classes"
                     + (" (it is unconditional)" if not info.num_classes else ""))
-  cli.apply_chain_flags(config)
-  num = FLAGS.num or config.sample.num
+  trained = cli.apply_chain_flags(trained)
+  settings = trained.settings
+  num = FLAGS.num or settings.sample.num
   labels = sampling.default_labels(num, info.num_classes, FLAGS.label)
-  sampler = sampling.for_model(config, model, info.shape, steps=FLAGS.steps,
+  sampler = sampling.for_model(settings, trained.model, info.shape, steps=FLAGS.steps,
                                augment=FLAGS.augment)
-  x, diag = sampler.draw(jax.random.key(FLAGS.seed), num, labels, restore.ema_variables(ema))
-  if config.langevin.sampler in ("mala", "hmc"):
+  x, diag = sampler.draw(jax.random.key(FLAGS.seed), num, labels, trained.variables)
+  if settings.langevin.sampler in ("mala", "hmc"):
     logging.info("%s acceptance rate %.3f (mean over steps and chains)",
-                 config.langevin.sampler.upper(),
+                 settings.langevin.sampler.upper(),
                  float(diag["accept_rate"].mean()))
   extra = {} if labels is None else {"labels": labels.argmax(-1)}
+  name = f"sample_step{trained.step}_seed{FLAGS.seed}"
   png = images.save_samples(
-      x, FLAGS.out or os.path.join(FLAGS.workdir, "samples"), f"sample_step{step}_seed{FLAGS.seed}",
+      x, FLAGS.out or os.path.join(FLAGS.workdir, "samples"), name,
       energy_per_step=diag["energy"], grad_norm_per_step=diag["grad_norm"],
       accept_rate_per_step=diag["accept_rate"], **extra)
   print(f"wrote {png} and {png[:-4]}.npz")

@@ -12,8 +12,10 @@ import numpy as np
 import pytest
 
 from ebm_jax.configs import digits
-from ebm_jax import composition, config_lib, models
-from ebm_jax.eval import features, ood, quality, stats
+from ebm_jax import composition, config_lib, models, restore
+from ebm_jax import data as data_lib
+from ebm_jax.settings import Settings
+from ebm_jax.eval import features, ood, stats
 
 import clirun
 
@@ -101,8 +103,8 @@ def test_composition_equals_the_energies_evaluated_directly():
   config, model, (v1, v2), x = _conditional_model()
   info = type("Info", (), {"num_classes": 3, "class_names": ("circle", "square", "triangle"),
                            "shape": x.shape[1:]})()
-  c1 = composition.Component("a", config, info, model, v1, 0)
-  c2 = composition.Component("b", config, info, model, v2, 2)
+  c1 = composition.Component(restore.Run.of(config, info, model, v1), 0, "a")
+  c2 = composition.Component(restore.Run.of(config, info, model, v2), 2, "b")
   onehot = lambda k: jnp.zeros((4, 3)).at[:, k].set(1.0)
   e1 = model.apply(v1, x, onehot(0)).sum(-1)
   e2 = model.apply(v2, x, onehot(2)).sum(-1)
@@ -117,6 +119,31 @@ def test_composition_equals_the_energies_evaluated_directly():
   # a low temperature turns `or` into the minimum
   np.testing.assert_allclose(composition.combine([e1, e2], "or", temperature=1e-4),
                              np.minimum(e1, e2), atol=1e-3)
+
+
+def test_a_run_is_one_value_whose_flag_overrides_are_a_new_value():
+  """restore.Run: its settings are the typed value of its config; `with_sample` (what the
+  chain flags build) gives a new Run and leaves the run and its saved config as they were;
+  `energy_fn` is the head-summed energy; held-out images read the same from either form of
+  the data section."""
+  config, model, (v1, _), x = _conditional_model()
+  info = type("Info", (), {"num_classes": 3, "class_names": ("a", "b", "c"),
+                           "shape": x.shape[1:]})()
+  run = restore.Run.of(config, info, model, v1, step=7)
+  assert run.settings == Settings.from_config(config) and run.step == 7
+  changed = run.with_sample(step_size=2.0, final_steps=1)
+  assert (changed.settings.sample.step_size, changed.settings.sample.final_steps) == (2.0, 1)
+  assert run.settings == Settings.from_config(config)
+  assert float(config.sample.step_size) != 2.0 and changed.config is config
+  assert run.with_sample() is run
+  y = jnp.zeros((4, 3)).at[:, 1].set(1.0)
+  np.testing.assert_allclose(jax.jit(run.energy_fn())(x, y), model.apply(v1, x, y).sum(-1),
+                             rtol=1e-6)
+  images, labels = data_lib.test_images(digits.get_config().data, 20, seed=4)
+  typed, typed_labels = data_lib.test_images(
+      Settings.from_config(digits.get_config()).data, 20, seed=4)
+  np.testing.assert_array_equal(images, typed)
+  np.testing.assert_array_equal(labels, typed_labels)
 
 
 def test_ood_sets_have_the_model_shape_and_range(tmp_path):
@@ -144,7 +171,7 @@ def test_feature_classifier_learns_digits_and_survives_the_cache(tmp_path):
   assert net.meta["test_accuracy"] > 0.85, net.meta  # chance: 0.1
   features.save_classifier(net, str(tmp_path))
   loaded = features.load_classifier(cfg, "", str(tmp_path))
-  x, _ = quality.test_images(digits.get_config(), 50)
+  x, _ = data_lib.test_images(digits.get_config().data, 50)
   np.testing.assert_array_equal(loaded.predict(x), net.predict(x))
   assert loaded.features(x).shape == (50, 128)
   with pytest.raises(config_lib.UserError, match="evaluate classifier --data=digits"):
@@ -219,13 +246,12 @@ def test_jem_accuracy_is_the_share_of_test_images_its_logits_get_right(fashion_m
   on the same test images, for an untrained JEM net whose EMA parameters differ from its
   initial ones (so the EMA item, not some other, must be what is scored); batches of 7 so the
   last batch is partial."""
-  from ebm_jax import restore  # pylint: disable=import-outside-toplevel
   from ebm_jax.configs import jem_fashion_mnist  # pylint: disable=import-outside-toplevel
   from ebm_jax.eval import jem  # pylint: disable=import-outside-toplevel
   config = jem_fashion_mnist.get_config("tiny")
   config.data.path, config.data.image_size = fashion_mnist_dir, 12
   model = models.make_model(config.model, (12, 12, 1), 10)
-  x, labels = quality.test_images(config, 40, seed=3)
+  x, labels = data_lib.test_images(config.data, 40, seed=3)
   variables = model.init(jax.random.key(0), jnp.asarray(x[:1]))
   ema = {"params": jax.tree.map(lambda p: p * 3.0, variables["params"]),
          "model_state": {k: v for k, v in variables.items() if k != "params"}}
@@ -233,7 +259,8 @@ def test_jem_accuracy_is_the_share_of_test_images_its_logits_get_right(fashion_m
                                   method=models.JEMEnergy.logits))
   hits = np.argmax(logits, -1) == np.argmax(labels, -1)
   assert 0 < hits.sum() < len(hits) and len(set(np.argmax(logits, -1))) > 1  # not degenerate
-  got = jem.accuracy(config, model, ema, 40, seed=3, batch=7)
+  run = restore.Run.of(config, None, model, restore.ema_variables(ema))
+  got = jem.accuracy(run, 40, seed=3, batch=7)
   assert got == {"test_accuracy": hits.sum() / 40, "num": 40}
 
 
@@ -251,10 +278,9 @@ def test_jem_accuracy_and_conditional_sampling_commands(fashion_mnist_dir, tmp_p
   assert acc["code"] == 0, acc["stderr"][-2000:]
   result = json.loads((tmp_path / "acc.json").read_text())
   # recomputed here: the EMA net's logits on the same 50 test images (--seed=0's subset)
-  from ebm_jax import restore  # pylint: disable=import-outside-toplevel
-  cfg, _, model, ema, _ = restore.load_for_sampling(run)
-  x, labels = quality.test_images(cfg, 50, seed=0)
-  logits = model.apply(restore.ema_variables(ema), x, method=models.JEMEnergy.logits)
+  trained = restore.load(run)
+  x, labels = data_lib.test_images(trained.settings.data, 50, seed=0)
+  logits = np.asarray(trained.model.apply(trained.variables, x, method=models.JEMEnergy.logits))
   expected = float(np.mean(np.argmax(logits, -1) == labels.argmax(-1)))
   assert result["num"] == 50 and result["test_accuracy"] == pytest.approx(expected, abs=1e-9)
   # a conditional (class-labelled) digits model: every sample carries the requested label

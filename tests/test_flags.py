@@ -57,10 +57,10 @@ def test_sample_flags_draw_what_the_in_process_sampler_draws(digits_workdir, tmp
     assert r["code"] == 0, r["stderr"][-2000:]
   got_base, got = _npz(tmp_path / "base"), _npz(tmp_path / "flagged")
 
-  config, info, model, ema, step = restore.load_for_sampling(digits_workdir)
-  _, _, _, ema20, _ = restore.load_for_sampling(digits_workdir, 20)
-  v40, v20 = restore.ema_variables(ema), restore.ema_variables(ema20)
-  assert step == 40 and float(config.langevin.step_size) != 2.0
+  run, run20 = restore.load(digits_workdir), restore.load(digits_workdir, 20)
+  config, info, model = run.config, run.info, run.model
+  v40, v20 = run.variables, run20.variables
+  assert run.step == 40 and run20.step == 20 and float(config.langevin.step_size) != 2.0
   lc, shape = config.langevin, tuple(info.shape)
   default = sampling.TestChain(
       chain=settings_lib.ChainSettings(step_size=float(lc.step_size),
@@ -117,8 +117,8 @@ def test_compose_flags_draw_what_the_composed_energy_draws(digits_workdir, tmp_p
   got_or, got_not = _npz(tmp_path / "or"), _npz(tmp_path / "not")
 
   components = [composition.load_component(digits_workdir), composition.load_component(older)]
-  variables = [c.variables for c in components]
-  config, shape = components[0].config, tuple(components[0].info.shape)
+  variables = [c.run.variables for c in components]
+  config, shape = components[0].run.config, tuple(components[0].run.info.shape)
   lc = config.langevin
   chain = sampling.TestChain(  # λ halved for two models
       chain=settings_lib.ChainSettings(step_size=float(lc.step_size) / 2,
@@ -195,9 +195,11 @@ def test_score_table_of_a_composition_and_each_model_alone(monkeypatch):
   from ebm_jax.eval import features  # pylint: disable=import-outside-toplevel
 
   def component(attribute, label, names):
-    config = SimpleNamespace(data=SimpleNamespace(name="shapes", attribute=attribute))
+    settings = SimpleNamespace(data=SimpleNamespace(name="shapes", attribute=attribute))
     info = SimpleNamespace(class_names=names, num_classes=len(names))
-    return composition.Component(f"runs/{attribute}", config, info, None, {}, label)
+    run = restore.Run(config=None, settings=settings, info=info, model=None, variables={},
+                      step=0)
+    return composition.Component(run, label, f"runs/{attribute}")
 
   shape = component("shape", 2, ("circle", "square", "triangle"))
   color = component("color", 1, ("red", "green", "blue", "white"))
@@ -207,7 +209,7 @@ def test_score_table_of_a_composition_and_each_model_alone(monkeypatch):
                       or _CLASSIFIERS[attribute])
   alone = {"shape": _codes(2, 2, 5, 0), "color": _codes(3, 4, 4, 4)}
   monkeypatch.setattr(composition, "sample",
-                      lambda comps, op, key, num, **kw: alone[comps[0].config.data.attribute][:num])
+                      lambda comps, op, key, num, **kw: alone[comps[0].run.settings.data.attribute][:num])
   x = _codes(5, 5, 8, 2)  # (shape, colour): (2, 1) (2, 1) (2, 2) (2, 0)
   table = composition.score([shape, color], x, jax.random.key(0), "unused")
   assert sorted(loaded) == ["color", "shape"]

@@ -99,10 +99,10 @@ def test_ais_matches_grid_integration_on_a_trained_2d_energy(tmp_path):
   cfg.sample.batch_size = 16
   train.train_and_evaluate(cfg, str(tmp_path / "run"))
   from ebm_jax import restore  # pylint: disable=import-outside-toplevel
-  config, info, model, ema, step = restore.load_for_sampling(str(tmp_path / "run"))
-  assert step == 150
-  out = likelihood.evaluate(config, model, ema, info, num=2000, chains=512, temperatures=1000,
-                            sampler="hmc", step_size=0.1, leapfrog_steps=5)
+  run = restore.load(str(tmp_path / "run"))
+  assert run.step == 150
+  out = likelihood.evaluate(run, num=2000, chains=512, temperatures=1000, sampler="hmc",
+                            step_size=0.1, leapfrog_steps=5)
   assert abs(out["ais_minus_grid"]) < 0.02, out
   assert abs(out["nll_ais"] - out["nll_grid"]) < 0.02
   assert out["nll_true"] < out["nll_grid"], out  # the truth scores best

@@ -27,6 +27,8 @@ import numpy as np
 import pytest
 from scipy import special
 
+from ebm_jax import restore
+from ebm_jax.configs import default
 from ebm_jax.data import DatasetInfo
 from ebm_jax.errors import UserError
 from ebm_jax.eval import likelihood
@@ -50,8 +52,8 @@ def _energy_np(x: np.ndarray) -> np.ndarray:
 
 class _QuadraticModel:
   """A stand-in for the Flax energy net: `apply(variables, x, y)` gives (B, 2) head energies,
-  the first and second halves of the pixels' Σ a (x − μ)², with a and μ read from the
-  variables that evaluate builds from the EMA item."""
+  the first and second halves of the pixels' Σ a (x − μ)², with a and μ read from the run's
+  variables (built from the EMA item as restore builds them)."""
 
   def apply(self, variables, x, y=None):
     assert y is None
@@ -64,10 +66,10 @@ EMA = {"params": {"a": jnp.float32(A), "mu": jnp.float32(MU)}, "model_state": {}
 
 
 def _config() -> ml_collections.ConfigDict:
-  c = ml_collections.ConfigDict()
-  c.data = ml_collections.ConfigDict({"name": "shapes"})
-  c.langevin = ml_collections.ConfigDict({"clip_x": True})  # images live on [0, 1]^D
-  c.buffer = ml_collections.ConfigDict({"noise_range": (0.0, 1.0)})
+  c = default.get_config()
+  c.data.name = "shapes"
+  c.langevin.clip_x = True  # images live on [0, 1]^D
+  c.buffer.noise_range = (0.0, 1.0)
   return c
 
 
@@ -84,22 +86,23 @@ def _held_out(n: int = 400) -> np.ndarray:
 
 @pytest.fixture
 def held_out(monkeypatch):
-  """evaluate reads held-out images through eval.quality.test_images: give it fixed ones."""
-  from ebm_jax.eval import quality  # pylint: disable=import-outside-toplevel
+  """evaluate reads held-out images through data.test_images: give it fixed ones."""
+  from ebm_jax import data as data_lib  # pylint: disable=import-outside-toplevel
   points = {"x": _held_out()}  # a test may replace points["x"]
 
-  def test_images(config, n, seed=0):
-    del config, seed
+  def test_images(data, n, seed=0):
+    del data, seed
     x = points["x"][:n]
     return x, np.zeros((len(x), 0), np.float32)
 
-  monkeypatch.setattr(quality, "test_images", test_images)
+  monkeypatch.setattr(data_lib, "test_images", test_images)
   return points
 
 
 def _evaluate(sampler: str, step_size: float, **kw) -> dict:
-  return likelihood.evaluate(_config(), _QuadraticModel(), EMA, _info(kw.pop("num_classes", 0)),
-                             num=400, chains=1024, temperatures=1000, sampler=sampler,
+  run = restore.Run.of(_config(), _info(kw.pop("num_classes", 0)), _QuadraticModel(),
+                       restore.ema_variables(EMA))
+  return likelihood.evaluate(run, num=400, chains=1024, temperatures=1000, sampler=sampler,
                              step_size=step_size, leapfrog_steps=4, temperature=T, seed=0, **kw)
 
 

@@ -152,10 +152,10 @@ def test_per_device_buffers_are_the_default_where_the_authors_ran_them():
 
 
 def test_sampling_from_a_checkpoint(digits_workdir, tmp_path):
-  config, info, model, ema, step = restore.load_for_sampling(digits_workdir)
-  assert step == 40 and info.shape == (8, 8, 1)
-  x, diag = sampling.for_model(config, model, info.shape, steps=5).draw(
-      jax.random.key(0), 6, None, restore.ema_variables(ema))
+  run = restore.load(digits_workdir)
+  assert run.step == 40 and run.info.shape == (8, 8, 1)
+  x, diag = sampling.for_model(run.settings, run.model, run.info.shape, steps=5).draw(
+      jax.random.key(0), 6, None, run.variables)
   path = images.save_samples(x, str(tmp_path), "s", energy_per_step=diag["energy"])
   arrays = np.load(str(tmp_path / "s.npz"))
   assert arrays["samples"].shape == (6, 8, 8, 1)
@@ -167,19 +167,21 @@ def test_sampling_from_a_checkpoint(digits_workdir, tmp_path):
 def test_sampling_uses_the_ema_parameters_and_the_saved_ema_item_is_state_ema(digits_workdir):
   """The `ema` item of a checkpoint equals the state's EMA parameters (not its parameters),
   and the sampler draws with exactly those."""
-  config, info, model, ema, step = restore.load_for_sampling(digits_workdir)
+  run = restore.load(digits_workdir)
+  config, model, step = run.config, run.model, run.step
   setup = train.Setup(config)
   ckpt = checkpoint.Checkpointer(digits_workdir, config, setup.info)
   state = jax.device_get(ckpt.restore_state(setup.abstract_state, setup.state_sharding))
   ckpt.close()
   assert int(state.step) == step
-  assert _leaves_equal(ema["params"], state.ema_params)
-  assert not _leaves_equal(state.ema_params, state.params)  # the two differ after training
-  run = ebm_jax.load(digits_workdir)
   assert _leaves_equal(run.variables["params"], state.ema_params)
+  assert not _leaves_equal(state.ema_params, state.params)  # the two differ after training
+  loaded = ebm_jax.load(digits_workdir)
+  assert type(loaded) is restore.Run and loaded.step == step
+  assert _leaves_equal(loaded.variables["params"], state.ema_params)
   x = np.random.default_rng(0).uniform(size=(5, 8, 8, 1)).astype(np.float32)
   want = np.asarray(model.apply({"params": state.ema_params, **state.model_state}, x).sum(-1))
-  np.testing.assert_allclose(run.energy(x), want, rtol=1e-6)
+  np.testing.assert_allclose(loaded.energy(x), want, rtol=1e-6)
 
 
 def test_python_api_snippet_of_the_readme_runs_as_written(digits_workdir):
@@ -312,10 +314,10 @@ def test_sampling_falls_back_to_the_previous_readable_checkpoint(digits_workdir,
 
   damage(40)
   with caplog.at_level(logging.WARNING):
-    _, _, _, _, step = restore.load_for_sampling(str(work))
+    step = restore.load(str(work)).step
   assert step == 20
   assert "step 40" in caplog.text and "using step 20" in caplog.text
   assert sorted(os.listdir(work / "checkpoints")) == ["20", "40"]  # read-only: nothing moved
   damage(20)
   with pytest.raises(config_lib.UserError, match="no readable checkpoint"):
-    restore.load_for_sampling(str(work))
+    restore.load(str(work))

@@ -57,20 +57,6 @@ class FeatureNet:
     return self._batched(_apply_logits(self.module), x).argmax(-1)
 
 
-@functools.lru_cache(maxsize=8)
-def define_flags() -> None:
-  """The `evaluate classifier` flags."""
-  from absl import flags  # pylint: disable=import-outside-toplevel
-  flags.DEFINE_string("data", None, f"classifier: dataset ({', '.join(DATASETS)}).")
-  flags.DEFINE_string("data_path", "", "classifier: folder of the dataset's files (as "
-                      "data.path; default: the dataset's usual place).")
-  flags.DEFINE_integer("image_size", 0, "classifier: image size (default: the dataset's).")
-  flags.DEFINE_integer("channels", 0, "classifier: channels (default: the dataset's).")
-  flags.DEFINE_string("attribute", "", "classifier: label attribute (shapes: shape, color, "
-                      "size, position).")
-  flags.DEFINE_integer("classifier_steps", 1500, "classifier: optimisation steps.")
-
-
 def classifier_command(data: str, data_path: str, image_size: int, channels: int,
                        attribute: str, steps: int, seed: int, cache_dir: str) -> None:
   """`evaluate classifier`: trains the feature classifier of a dataset and caches it."""
@@ -81,6 +67,7 @@ def classifier_command(data: str, data_path: str, image_size: int, channels: int
   print(f"wrote {path}: test accuracy {net.meta['test_accuracy']:.4f}")
 
 
+@functools.lru_cache(maxsize=8)
 def _apply_features(module):
   return jax.jit(lambda p, x: module.apply({"params": p}, x, return_features=True))
 
@@ -88,13 +75,6 @@ def _apply_features(module):
 @functools.lru_cache(maxsize=8)
 def _apply_logits(module):
   return jax.jit(lambda p, x: module.apply({"params": p}, x))
-
-
-def to_unit(images: np.ndarray, levels: int) -> np.ndarray:
-  """Stored integer levels -> [0, 1] at the centre of each level's dequantisation interval."""
-  if levels == 0:
-    return np.asarray(images, np.float32)
-  return (np.asarray(images, np.float32) + 0.5) / levels
 
 
 def classifier_key(data_cfg: ml_collections.ConfigDict, attribute: str) -> str:
@@ -112,11 +92,12 @@ def classifier_key(data_cfg: ml_collections.ConfigDict, attribute: str) -> str:
 
 
 def _labelled(data_cfg, attribute: str, split: str, n: int) -> tuple[np.ndarray, np.ndarray, int]:
-  cfg = ml_collections.ConfigDict(data_cfg.to_dict())
+  cfg = data_lib.as_config(data_cfg)
   cfg.attribute = attribute or ("shape" if cfg.name == "shapes" else "class")
   info = data_lib.get_info(cfg)
   batch = data_lib.load_arrays(cfg, n, split=split, seed=1)
-  return to_unit(batch["image"], info.levels), batch["label"].argmax(-1), info.num_classes
+  x = data_lib.to_unit(batch["image"], info.levels)
+  return x, batch["label"].argmax(-1), info.num_classes
 
 
 def train_classifier(data_cfg: ml_collections.ConfigDict, attribute: str = "", *,

@@ -4,18 +4,18 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from ebm_jax import restore
+from ebm_jax import data as data_lib
 from ebm_jax.errors import UserError
-from ebm_jax.eval.quality import test_images
+from ebm_jax.restore import Run
 
 
-def accuracy(config, model, ema, num: int, seed: int = 0, batch: int = 250) -> dict:
+def accuracy(run: Run, num: int, seed: int = 0, batch: int = 250) -> dict:
   """Test accuracy of a JEM model's classifier head under the EMA parameters."""
-  if not config.model.jem:
+  if not run.settings.model.jem:
     raise UserError("`accuracy` is for JEM models (model.jem=True); this workdir's model is "
                     "an energy net without class logits")
-  variables = restore.ema_variables(ema)
-  x, labels = test_images(config, num, seed=seed)
+  model, variables = run.model, run.variables
+  x, labels = data_lib.test_images(run.settings.data, num, seed=seed)
   fn = jax.jit(lambda v: model.apply(variables, v, method=type(model).logits).argmax(-1))
   pred = np.concatenate([np.asarray(fn(jnp.asarray(x[i:i + batch], jnp.float32)))
                          for i in range(0, len(x), batch)])

@@ -178,18 +178,6 @@ def bits_per_dim(nll_nats: float, dims: int, levels: int = 256) -> float:
   return (nll_nats + dims * np.log(levels)) / (dims * np.log(2))
 
 
-def define_flags() -> None:
-  """The `evaluate likelihood` flags."""
-  from absl import flags  # pylint: disable=import-outside-toplevel
-  flags.DEFINE_integer("chains", 512, "likelihood: AIS chains.")
-  flags.DEFINE_integer("temperatures", 2000, "likelihood: AIS temperatures (one step each).")
-  flags.DEFINE_enum("sampler", "hmc", list(SAMPLERS), "likelihood: AIS transitions.")
-  flags.DEFINE_float("ais_step_size", None, "likelihood: HMC leapfrog / MALA step size "
-                     "(default: 0.1 for 2-D data, 0.005 for images).")
-  flags.DEFINE_integer("leapfrog_steps", 5, "likelihood: leapfrog steps per HMC transition.")
-  flags.DEFINE_float("temperature", 1.0, "likelihood: T of the density exp(-E/T).")
-
-
 def check_settings(chains: int, temperatures: int, step_size: float | None,
                    leapfrog_steps: int, temperature: float) -> None:
   if (chains < 2 or temperatures < 1 or leapfrog_steps < 1 or temperature <= 0
@@ -198,34 +186,33 @@ def check_settings(chains: int, temperatures: int, step_size: float | None,
                     ">= 1, --temperature > 0 and --ais_step_size > 0")
 
 
-def evaluate(config, model, ema, info, *, num: int, chains: int, temperatures: int,
-             sampler: str, step_size: float | None, leapfrog_steps: int,
-             temperature: float = 1.0, seed: int = 0, grid: int = 512) -> dict:
-  """Held-out likelihood of a trained run under its EMA parameters: AIS log Z and NLL (bits
-  per dimension for images); for 2-D data also grid-integrated log Z and NLL, and the true
-  density's NLL on the same points where it has a closed form."""
-  from ebm_jax import restore  # pylint: disable=import-outside-toplevel
+def evaluate(run, *, num: int, chains: int, temperatures: int, sampler: str,
+             step_size: float | None, leapfrog_steps: int, temperature: float = 1.0,
+             seed: int = 0, grid: int = 512) -> dict:
+  """Held-out likelihood of a trained run (restore.Run) under its EMA parameters: AIS log Z and
+  NLL (bits per dimension for images); for 2-D data also grid-integrated log Z and NLL, and the
+  true density's NLL on the same points where it has a closed form."""
+  from ebm_jax import data as data_lib  # pylint: disable=import-outside-toplevel
   from ebm_jax.data import toy2d  # pylint: disable=import-outside-toplevel
+  settings, info = run.settings, run.info
   if info.num_classes:
     raise UserError("`likelihood` scores unconditional models; this run's energy is "
                     f"conditioned on {info.num_classes} classes")
-  variables = restore.ema_variables(ema)
-  energy = lambda x: model.apply(variables, x, None).sum(axis=-1)
+  energy = run.energy_fn()
   shape = tuple(info.shape)
-  is_2d = config.data.name == "toy2d"
+  is_2d = settings.data.name == "toy2d"
   step_size = step_size or (0.1 if is_2d else 0.005)
-  if config.langevin.clip_x:
+  if settings.langevin.clip_x:
     box, base = (0.0, 1.0), Base("uniform", 0.0, 1.0)
   elif is_2d:
-    lo, hi = (float(v) for v in config.buffer.noise_range)
+    lo, hi = (float(v) for v in settings.buffer.noise_range)
     box, base = (lo, hi), Base("uniform", lo, hi)
   else:
     box, base = None, Base("gaussian")
   if is_2d:  # held-out: fresh draws (the training stream is seeded by config.seed)
-    x = toy2d.sample_toy2d(config.data.toy_density, num, np.random.default_rng([seed, 7919]))
+    x = toy2d.sample_toy2d(settings.data.toy_density, num, np.random.default_rng([seed, 7919]))
   else:
-    from ebm_jax.eval.quality import test_images  # pylint: disable=import-outside-toplevel
-    x, _ = test_images(config, num, seed=seed)
+    x, _ = data_lib.test_images(settings.data, num, seed=seed)
   if box is not None and (x.min() < box[0] or x.max() > box[1]):
     outside = int(np.sum(np.any((x.reshape(len(x), -1) < box[0])
                                 | (x.reshape(len(x), -1) > box[1]), axis=1)))
@@ -247,7 +234,7 @@ def evaluate(config, model, ema, info, *, num: int, chains: int, temperatures: i
     out["nll_grid"] = nll(energy, x, out["grid"]["log_z"], temperature)
     out["ais_minus_grid"] = r.log_z - out["grid"]["log_z"]
     try:
-      out["nll_true"] = float(-toy2d.toy2d_log_density(config.data.toy_density, x).mean())
+      out["nll_true"] = float(-toy2d.toy2d_log_density(settings.data.toy_density, x).mean())
     except NotImplementedError:
       out["nll_true"] = None
   return out

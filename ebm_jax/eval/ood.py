@@ -12,11 +12,9 @@ import jax.numpy as jnp
 import numpy as np
 
 from ebm_jax import data as data_lib
-from ebm_jax import restore
 from ebm_jax.errors import UserError
-from ebm_jax.eval import features as features_lib
 from ebm_jax.eval import stats
-from ebm_jax.eval.quality import test_images
+from ebm_jax.restore import Run
 
 OOD_SETS = ("uniform", "constant", "interpolation", "flip_v", "digits")
 
@@ -69,7 +67,7 @@ def load_npz_images(path: str) -> np.ndarray:
 def fit_images(arr: np.ndarray, shape: tuple[int, ...]) -> np.ndarray:
   """Checked uint8 images -> float32 (N, H, W, C) in [0, 1] of the model's shape."""
   arr = data_lib.convert_channels(data_lib.resize_images(arr, shape[0]), shape[-1])
-  return features_lib.to_unit(arr, 256)
+  return data_lib.to_unit(arr, 256)
 
 
 def check_sets(sets: list[str]) -> None:
@@ -107,10 +105,12 @@ def ood_images(name: str, shape: tuple[int, ...], test: np.ndarray, n: int,
                   "or a path to an .npz of images")
 
 
-def energy_scores(model, variables, images: np.ndarray, labels: np.ndarray | None = None,
+def energy_scores(run: Run, images: np.ndarray, labels: np.ndarray | None = None,
                   batch: int = 250) -> np.ndarray:
-  """-E(x) summed over heads, (N,); unconditional models ignore labels."""
-  fn = jax.jit(lambda x, y: -model.apply(variables, x, y).sum(-1))
+  """-E(x) summed over heads under the run's EMA variables, (N,); unconditional models ignore
+  labels."""
+  energy = run.energy_fn()
+  fn = jax.jit(lambda x, y: -energy(x, y))
   out = []
   for i in range(0, len(images), batch):
     y = None if labels is None else jnp.asarray(labels[i:i + batch])
@@ -118,27 +118,27 @@ def energy_scores(model, variables, images: np.ndarray, labels: np.ndarray | Non
   return np.concatenate(out)
 
 
-def ood(config, model, ema, info, sets: list[str], *, num: int, seed: int = 0,
+def ood(run: Run, sets: list[str], *, num: int, seed: int = 0,
         on_set: Callable[[str, dict], None] | None = None) -> dict:
   """AUROC of the test split against each OOD set, scored by -E under EMA params. `on_set`
   receives each set's row as soon as it is computed (so a later failure loses nothing)."""
+  settings, info = run.settings, run.info
   if len(info.shape) != 3:
     raise UserError("OOD detection needs an image model")
   check_sets(sets)
-  variables = restore.ema_variables(ema)
-  test, labels = test_images(config, num, seed=seed)
+  test, labels = data_lib.test_images(settings.data, num, seed=seed)
   # JEM scores log p(x) = −E(x) = logsumexp f(x), with no label (as JEM's OOD results).
-  y = labels if info.num_classes and not config.model.jem else None
-  s_in = energy_scores(model, variables, test, y)
+  y = labels if info.num_classes and not settings.model.jem else None
+  s_in = energy_scores(run, test, y)
   if not np.isfinite(s_in).all():
     raise UserError("the model gives non-finite energies to test images: no AUROC to report")
   rows = {}
   for name in sets:
-    if name == "digits" and config.data.name == "digits":
+    if name == "digits" and settings.data.name == "digits":
       raise UserError("--ood=digits: the model was trained on digits")
     x_out = ood_images(name, tuple(info.shape), test, len(test), seed)
     y_out = None if y is None else y[:len(x_out)]
-    s_out = energy_scores(model, variables, x_out, y_out)
+    s_out = energy_scores(run, x_out, y_out)
     if not np.isfinite(s_out).all():
       raise UserError(f"--ood={name}: the model gives non-finite energies to this set")
     rows[name] = {"auroc": stats.auroc(s_in, s_out), "num": int(len(x_out)),

@@ -15,30 +15,19 @@ import numpy as np
 from absl import logging
 
 from ebm_jax import data as data_lib
-from ebm_jax import restore, sampling
+from ebm_jax import sampling
+from ebm_jax.restore import Run
 from ebm_jax.errors import UserError
 from ebm_jax.eval import features as features_lib
 from ebm_jax.eval import stats
 
 
-def _tfds_test_split(name: str) -> str:
-  return {"celeba_hq": "train[-3000:]", "lsun_bedroom": "validation"}.get(name, "test")
-
-
-def test_images(config, n: int, seed: int = 0) -> tuple[np.ndarray, np.ndarray]:
-  """(images in [0, 1], one-hot labels) of the test split of the model's data."""
-  cfg = ml_collections.ConfigDict(config.data.to_dict())
-  info = data_lib.get_info(cfg)
-  split = "test" if cfg.name in data_lib.OFFLINE_DATASETS else _tfds_test_split(cfg.name)
-  batch = data_lib.load_arrays(cfg, n, split=split, seed=seed)
-  return features_lib.to_unit(batch["image"], info.levels), batch["label"]
-
-
-def generate_samples(config, model, ema, info, num: int, *, steps: int | None, seed: int,
+def generate_samples(run: Run, num: int, *, steps: int | None, seed: int,
                      label: int = -1) -> np.ndarray:
-  labels = sampling.default_labels(num, info.num_classes, label)
-  x, _ = sampling.for_model(config, model, info.shape, steps=steps).draw(
-      jax.random.key(seed), num, labels, restore.ema_variables(ema))
+  """num samples of the run by its test-time chain (settings.sample), under EMA parameters."""
+  labels = sampling.default_labels(num, run.info.num_classes, label)
+  x, _ = sampling.for_model(run.settings, run.model, run.info.shape, steps=steps).draw(
+      jax.random.key(seed), num, labels, run.variables)
   return x
 
 
@@ -56,17 +45,15 @@ def pixel_stats(x: np.ndarray) -> dict:
   return {"mean_pixel": float(x.mean()), "saturated_frac": float((x > 0.95).mean())}
 
 
-def quality(config, model, ema, info, net: features_lib.FeatureNet, *, num: int,
-            steps: int | None, seed: int = 0, samples: np.ndarray | None = None) -> dict:
+def quality(run: Run, net: features_lib.FeatureNet, *, num: int, steps: int | None,
+            seed: int = 0, samples: np.ndarray | None = None) -> dict:
   """Fréchet distance and class coverage of `num` samples against the test split; the
   distance between the train and test splits is reported as the floor a perfect model gets."""
   _check_num(num, net)
   if samples is None:
-    samples = generate_samples(config, model, ema, info, num, steps=steps, seed=seed)
-  real, _ = test_images(config, num, seed=seed)
-  train_cfg = ml_collections.ConfigDict(config.data.to_dict())
-  train_real = features_lib.to_unit(
-      data_lib.load_arrays(train_cfg, num, split="train", seed=seed)["image"], info.levels)
+    samples = generate_samples(run, num, steps=steps, seed=seed)
+  real, _ = data_lib.test_images(run.settings.data, num, seed=seed)
+  train_real, _ = data_lib.split_images(run.settings.data, num, split="train", seed=seed)
   stats_real = stats.gaussian_stats(net.features(real))
   return {"frechet_distance": stats.frechet_distance(
               *stats.gaussian_stats(net.features(samples)), *stats_real),
@@ -78,23 +65,23 @@ def quality(config, model, ema, info, net: features_lib.FeatureNet, *, num: int,
           "classifier_test_accuracy": net.meta["test_accuracy"]}
 
 
-def chain_quality(config, model, ema, info, net: features_lib.FeatureNet, *, num: int,
-                  steps: int, eval_every: int, seed: int = 0, augment: bool | None = None,
+def chain_quality(run: Run, net: features_lib.FeatureNet, *, num: int, steps: int,
+                  eval_every: int, seed: int = 0, augment: bool | None = None,
                   log: Callable[[str], None] = print) -> list[dict]:
   """A long test-time chain from noise (paper Fig. 7/8): Langevin steps with an augmentation
-  transition every config.sample.block_steps steps, for `steps` steps; every `eval_every`
+  transition every settings.sample.block_steps steps, for `steps` steps; every `eval_every`
   steps the Fréchet distance, class coverage and mean energy of the current samples."""
   _check_num(num, net)
-  shape = tuple(info.shape)
-  real, _ = test_images(config, num, seed=seed)
+  settings, shape = run.settings, tuple(run.info.shape)
+  real, _ = data_lib.test_images(settings.data, num, seed=seed)
   stats_real = stats.gaussian_stats(net.features(real))
   rows, start = [], time.time()
   chain = sampling.along_chain(
-      sampling.model_energy(model), sampling.settings_from_config(config), jax.random.key(seed),
-      num, shape, sampling.default_labels(num, info.num_classes), steps=steps,
-      every=eval_every, variables=restore.ema_variables(ema),
-      batch_size=config.sample.batch_size,
-      transition=sampling.transition_from_config(config, shape, augment))
+      sampling.model_energy(run.model), sampling.settings_from_config(settings),
+      jax.random.key(seed), num, shape, sampling.default_labels(num, run.info.num_classes),
+      steps=steps, every=eval_every, variables=run.variables,
+      batch_size=settings.sample.batch_size,
+      transition=sampling.transition_from_config(settings, shape, augment))
   for done, x, mean_energy in chain:
     cov = stats.class_coverage(net.predict(x), net.meta["num_classes"])
     rows.append({"step": done, "frechet_distance": stats.frechet_distance(
@@ -106,15 +93,14 @@ def chain_quality(config, model, ema, info, net: features_lib.FeatureNet, *, num
   return rows
 
 
-def evaluate(config, model, ema, info, net: features_lib.FeatureNet, *, num: int,
-             steps: int | None, seed: int, eval_every: int = 0,
-             log: Callable[[str], None] = print) -> dict:
+def evaluate(run: Run, net: features_lib.FeatureNet, *, num: int, steps: int | None,
+             seed: int, eval_every: int = 0, log: Callable[[str], None] = print) -> dict:
   """`evaluate quality`: `quality` of num samples, or with eval_every > 0 `chain_quality`
   along one chain of `steps` steps."""
   if not eval_every:
-    return quality(config, model, ema, info, net, num=num, steps=steps, seed=seed)
-  rows = chain_quality(config, model, ema, info, net, num=num, steps=steps,
-                       eval_every=eval_every, seed=seed, log=log)
+    return quality(run, net, num=num, steps=steps, seed=seed)
+  rows = chain_quality(run, net, num=num, steps=steps, eval_every=eval_every, seed=seed,
+                       log=log)
   return {"along_chain": rows, "classifier_test_accuracy": net.meta["test_accuracy"]}
 
 
@@ -133,7 +119,7 @@ class TrainingQuality:
       self.net = features_lib.load_or_train(config.data, config.data.attribute, cache_dir,
                                             steps=config.eval.classifier_steps, log=log)
       _check_num(self.num, self.net)
-      real, _ = test_images(config, self.num)
+      real, _ = data_lib.test_images(config.data, self.num)
       self.stats_real = stats.gaussian_stats(self.net.features(real))
 
   def __call__(self, step: int, ema_params, model_state) -> tuple[dict, np.ndarray]:

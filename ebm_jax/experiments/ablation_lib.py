@@ -113,21 +113,22 @@ def evaluate_workdir(workdir: str, *, num: int, cache_dir: str, seed: int,
   """Sample quality and OOD AUROC of a trained row (offline datasets), under EMA params."""
   from ebm_jax import data as data_lib  # pylint: disable=import-outside-toplevel
   from ebm_jax.eval import features, ood, quality  # pylint: disable=import-outside-toplevel
-  config, info, model, ema, step = restore.load_for_sampling(workdir)
-  out: dict[str, Any] = {"evaluated_step": step}
-  if config.data.name not in data_lib.OFFLINE_DATASETS or len(info.shape) != 3:
+  trained = restore.load(workdir)
+  data = trained.settings.data
+  out: dict[str, Any] = {"evaluated_step": trained.step}
+  if data.name not in data_lib.OFFLINE_DATASETS or len(trained.info.shape) != 3:
     out["note"] = "no offline classifier for this data: use `evaluate export` and an FID tool"
     return out
-  net = features.load_or_train(config.data, config.data.attribute, cache_dir,
-                              steps=classifier_steps, log=logging.info)
-  q = quality.quality(config, model, ema, info, net, num=num, steps=None, seed=seed)
+  net = features.load_or_train(data, data.attribute, cache_dir, steps=classifier_steps,
+                               log=logging.info)
+  q = quality.quality(trained, net, num=num, steps=None, seed=seed)
   out.update(frechet_distance=q["frechet_distance"],
              frechet_floor=q["frechet_distance_train_vs_test"],
              coverage_entropy=q["coverage"]["entropy"],
              classes_present=q["coverage"]["classes_present"],
              num_classes=q["coverage"]["num_classes"])
-  sets = [s for s in OFFLINE_OOD if not (s == "digits" and config.data.name == "digits")]
-  o = ood.ood(config, model, ema, info, sets, num=num, seed=seed)
+  sets = [s for s in OFFLINE_OOD if not (s == "digits" and data.name == "digits")]
+  o = ood.ood(trained, sets, num=num, seed=seed)
   out["ood_auroc"] = {k: v["auroc"] for k, v in o["sets"].items()}
   out["ood_auroc_mean"] = float(np.mean(list(out["ood_auroc"].values())))
   return out

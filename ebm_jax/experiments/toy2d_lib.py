@@ -102,14 +102,12 @@ def run_one(config, workdir: str, *, chains: int, temperatures: int) -> dict:
   t0 = time.time()
   train.train_and_evaluate(config, workdir)
   t1 = time.time()
-  cfg, info, model, ema, step = restore.load_for_sampling(workdir)
-  out = likelihood.evaluate(cfg, model, ema, info, num=2000, chains=chains,
-                            temperatures=temperatures, sampler="hmc", step_size=0.1,
-                            leapfrog_steps=5, seed=config.seed)
-  variables = restore.ema_variables(ema)
-  density = _grid_density(lambda x: model.apply(variables, x, None).sum(-1), 128)
+  trained = restore.load(workdir)
+  out = likelihood.evaluate(trained, num=2000, chains=chains, temperatures=temperatures,
+                            sampler="hmc", step_size=0.1, leapfrog_steps=5, seed=config.seed)
+  density = _grid_density(trained.energy_fn(), 128)
   np.save(os.path.join(workdir, "density_grid.npy"), density)
-  return {**out, "step": step, "train_seconds": t1 - t0, "eval_seconds": time.time() - t1}
+  return {**out, "step": trained.step, "train_seconds": t1 - t0, "eval_seconds": time.time() - t1}
 
 
 def _grid_points(n: int, lo: float, hi: float) -> np.ndarray:

@@ -26,6 +26,7 @@ from ebm_jax import augment as augment_lib
 from ebm_jax import chain_program
 from ebm_jax import buffer as buffer_lib
 from ebm_jax import data as data_lib
+from ebm_jax import faults
 from ebm_jax import guard as guard_lib
 from ebm_jax import langevin, losses, models, sharding
 from ebm_jax import state as state_lib
@@ -115,7 +116,7 @@ def make_phase_parts(config: ml_collections.ConfigDict, model, info: data_lib.Da
   kl_rows = (jnp.arange(n_kl) if not groups else
              (jnp.arange(groups)[:, None] * (batch_size // groups)
               + jnp.arange(n_kl // groups)[None, :]).reshape(-1))
-  inject_at = config.debug.inject_nan_at_step
+  batch_fault = faults.batch_fault(config)  # tests' fault injection (debug.*); off: identity
   kl_split = mesh is not None and n_kl % mesh.size == 0
 
   def kl_part(x):
@@ -140,10 +141,7 @@ def make_phase_parts(config: ml_collections.ConfigDict, model, info: data_lib.Da
   def start(state: state_lib.TrainState, batch: dict[str, jax.Array]) -> ChainStart:
     k_deq, k_draw, k_aug, k_restart, k_noise, k_chain, _, _, _ = keys(state)
     x_pos = dequantize(k_deq, batch["image"], info.levels)
-    if inject_at > 0:  # fault injection for tests (debug.*): a NaN (or huge) batch at one step
-      inject = ((state.step + 1 == inject_at)
-                & (state.recoveries < config.debug.inject_nan_times))
-      x_pos = jnp.where(inject, config.debug.inject_value, x_pos)
+    x_pos = batch_fault(state, x_pos)
     y = batch["label"] if conditional else None
 
     model_state = state.model_state

@@ -38,6 +38,14 @@ def define_flags() -> None:
   flags.mark_flags_as_required(["config"])
 
 
+def setup_from_flag():
+  """(config of --config, its train.Setup, the initial state, the first batch)."""
+  from ebm_jax import train  # pylint: disable=import-outside-toplevel
+  config = cli.load_config_flag()
+  setup = train.Setup(config)
+  return config, setup, setup.init_state(), setup.global_batch(next(setup.stream(0)))
+
+
 def config_name() -> str:
   """The --config argument as given (file and variant)."""
   flag = flags.FLAGS["config"]

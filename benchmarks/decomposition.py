@@ -20,17 +20,14 @@ import numpy as np
 from absl import app, flags
 
 from benchmarks import common
-from ebm_jax import chain_program, train
+from ebm_jax import chain_program
 
 FLAGS = flags.FLAGS
 common.define_flags()
 
 
 def run() -> dict:
-  config = cli.load_config_flag()
-  setup = train.Setup(config)
-  state = setup.init_state()
-  batch = setup.global_batch(next(setup.stream(0)))
+  config, setup, state, batch = common.setup_from_flag()
   t = time.perf_counter()
   compiled = chain_program.compile(setup.decompose_fn, state, batch)
   compile_s = time.perf_counter() - t

@@ -25,10 +25,7 @@ common.define_flags()
 
 
 def run() -> dict:
-  config = cli.load_config_flag()
-  setup = train.Setup(config)
-  state = setup.init_state()
-  batch = setup.global_batch(next(setup.stream(0)))
+  config, setup, state, batch = common.setup_from_flag()
   t = time.perf_counter()
   compiled = chain_program.compile(setup.step_fn, state, batch)
   compile_s = time.perf_counter() - t

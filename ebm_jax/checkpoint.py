@@ -11,7 +11,6 @@ so a sampler restores `ema` and `config` from a read-only manager without touchi
 
 import dataclasses
 import os
-import signal
 import time
 from typing import Any
 
@@ -21,7 +20,7 @@ import orbax.checkpoint as ocp
 from absl import logging
 from etils import epath
 
-from ebm_jax import config_lib
+from ebm_jax import config_lib, faults
 
 # Fields whose change makes a checkpoint unusable (array shapes or dtypes depend on them).
 SHAPE_FIELDS = ("data.name", "data.image_size", "data.channels", "data.attribute",
@@ -72,11 +71,15 @@ class Checkpointer:
     self.config = config
     self.data_info = data_info
     train = config.train if config is not None else None
+    self._before_commit = None  # a fault for the next commit (ebm_jax.faults.save_fault)
     options = ocp.CheckpointManagerOptions(
         max_to_keep=train.keep_checkpoints if train else None,
         keep_period=(train.keep_every or None) if train else None,
         save_interval_steps=0 if read_only else 1, create=not read_only, read_only=read_only,
-        enable_async_checkpointing=not read_only)
+        enable_async_checkpointing=not read_only,
+        # Run by orbax's writer thread once a save's items are written, before its commit.
+        async_options=None if read_only else ocp.AsyncOptions(
+            post_finalization_callback=self._written))
     # Handlers named up front, so item metadata (shapes, dtypes) can be read before a restore.
     # A read-only manager makes orbax warn that the directory is read-only, which is what was
     # asked for: the warning is held back for that one call.
@@ -95,28 +98,27 @@ class Checkpointer:
   def latest_step(self) -> int | None:
     return self.manager.latest_step()
 
-  def save(self, step: int, state, *, kill_before_commit: bool = False) -> None:
-    """Starts an asynchronous save of `state` (and its EMA item and config) as `step`.
-    kill_before_commit (fault injection, debug.kill_in_save_at_step): the process SIGKILLs
-    itself inside this save's background write, after its arrays are written and before the
-    checkpoint directory is committed, so the kill lands mid-write every time."""
+  def save(self, step: int, state) -> None:
+    """Starts an asynchronous save of `state` (and its EMA item and config) as `step`."""
     if step in self.manager.all_steps():
       return
-    if kill_before_commit:
-      # The patch is class-wide: an earlier save still writing in the background would meet
-      # it first (seen under load, where step 2's write was killed instead), so that one is
-      # let finish before the patch goes in.
+    fault = faults.save_fault(self.config, step)
+    if fault is not None:  # armed once earlier writes are done: this save's write meets it
       self.manager.wait_until_finished()
-      def finalize(handler, directory):  # runs in orbax's writer thread, before the commit
-        del handler, directory
-        os.kill(os.getpid(), signal.SIGKILL)
-      ocp.CompositeCheckpointHandler.finalize = finalize
+      self._before_commit = fault
     self.manager.save(step, args=ocp.args.Composite(
         state=ocp.args.StandardSave(state),
         ema=ocp.args.StandardSave({"params": state.ema_params,
                                    "model_state": state.model_state}),
         config=ocp.args.JsonSave({"config": self.config.to_dict(),
                                   "data_info": dataclasses.asdict(self.data_info)})))
+
+  def _written(self) -> None:
+    """The seam between a save's write and its commit (orbax's post-finalization callback):
+    runs the armed fault, once."""
+    fault, self._before_commit = self._before_commit, None
+    if fault is not None:
+      fault()
 
   def wait(self) -> None:
     self.manager.wait_until_finished()

@@ -104,7 +104,8 @@ def sample(components: list[Component], op: str, key: jax.Array, num: int, *,
     raise UserError(f"the models take different inputs: {sorted(shapes)}")
   shape = tuple(components[0].run.info.shape)
   settings = sampling.settings_from_config(first, steps=steps)
-  settings = settings._replace(step_size=settings.step_size / len(components))
+  settings = settings._replace(chain=dataclasses.replace(
+      settings.chain, step_size=settings.chain.step_size / len(components)))
 
   def energy(variables, x, y):
     del y  # each component brings its own label

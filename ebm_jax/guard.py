@@ -1,12 +1,14 @@
-"""The divergence guard: an on-device check in every step (`update`), and the host-side policy
-that decides between rolling back and giving up (`Recovery`).
+"""The divergence guard: an on-device check in every step (`update`), and the host-side
+rollback policy (`Recovery`): when to roll back or give up, to which state, with which
+learning-rate scale, and the event that records it.
 
 The check never makes the step wait for the host: the first cause it sees sticks in the state
-until the loop reads it at a log or checkpoint step and rolls back (train._rollback).
+until the loop reads it at a log or checkpoint step and calls `Recovery.roll_back`.
 """
 
 import jax
 import jax.numpy as jnp
+from absl import logging
 
 from ebm_jax import settings as settings_lib
 from ebm_jax import state as state_lib
@@ -33,7 +35,8 @@ def update(guard: state_lib.GuardState, metrics: dict[str, jax.Array], step: jax
 
 
 class Recovery:
-  """Host side of the divergence guard: decides between rollback and giving up."""
+  """Host side of the divergence guard: decides between rollback and giving up, and rolls
+  back."""
 
   def __init__(self, cfg: settings_lib.GuardSettings):
     self.cfg = cfg
@@ -54,3 +57,34 @@ class Recovery:
           f"{self.cfg.max_recoveries}); giving up. The last good checkpoint is step {last_good} "
           f"in {directory}. Lower optim.learning_rate or langevin.step_size, set "
           "guard.lr_factor below 1, or raise guard.max_recoveries.", trip_step, what)
+
+  def roll_back(self, seen: state_lib.GuardState, step: int, bad: state_lib.TrainState, ckpt,
+                setup, writer) -> state_lib.TrainState:
+    """After the guard's host copy `seen` showed a trip at `step`: raises DivergenceError
+    (`check`), or returns the state to go on from, with the rollback logged and recorded as an
+    event row (writer.rollback: later scalar rows dropped).
+
+    The state is the latest complete checkpoint (each is written with a clean guard, so a good
+    one) or, with none, the run's fresh state, with one more rollback counted (every later step
+    draws new random numbers), the learning-rate scale times guard.lr_factor and a clean
+    guard. `ckpt` is the run's Checkpointer, `setup` its train.Setup, `writer` its
+    MetricWriter."""
+    cause, trip = int(seen.cause), int(seen.trip_step)
+    ckpt.wait()
+    self.check(cause, trip, ckpt.latest_step() or 0, ckpt.directory)
+    state = ckpt.restore_state(setup.abstract_state, setup.state_sharding, quiet=True)
+    if state is None:
+      state = setup.fresh_state()
+    where = setup.state_sharding
+    state = state.replace(
+        recoveries=jax.device_put(bad.recoveries + 1, where.recoveries),
+        lr_scale=jax.device_put(bad.lr_scale * self.cfg.lr_factor, where.lr_scale),
+        guard=jax.device_put(state_lib.guard_init(), where.guard))
+    event = {"event": "rollback", "cause": state_lib.GUARD_CAUSES[cause], "trip_step": trip,
+             "detected_step": step, "resumed_from_step": int(state.step),
+             "recoveries": int(state.recoveries), "lr_scale": float(state.lr_scale)}
+    logging.warning("Divergence guard: %s at step %d (seen at step %d); rolled back to step %d, "
+                    "rollback %d, learning-rate scale %g.", event["cause"], trip, step,
+                    event["resumed_from_step"], event["recoveries"], event["lr_scale"])
+    writer.rollback(int(state.step), event)
+    return state

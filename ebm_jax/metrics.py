@@ -83,3 +83,32 @@ class MetricWriter:
       self._clu.close()
       self._jsonl.close()
       logging.info("Metrics written to %s", METRICS_FILE)
+
+
+class Progress:
+  """The training loop's progress action (every step): the steps/s between log steps that clu's
+  ReportProgress measures, set as `done.rate` for the console line (clu's own note of it is held back from the log). Counted from
+  the first step's end (compilation excluded) or the state a rollback went back to (`restart`)."""
+  hold_note = staticmethod(lambda record: not str(record.msg).startswith("Setting work unit"))
+
+  def __init__(self, train):
+    self.train, self.done = train, None
+    logging.get_absl_logger().addFilter(Progress.hold_note)  # the same filter is added once
+    self.restart(None)
+
+  def restart(self, step: int | None) -> int | None:
+    from clu import periodic_actions  # pylint: disable=import-outside-toplevel  (TensorFlow)
+    self.report = periodic_actions.ReportProgress(  # it reports to write_scalars
+        num_train_steps=self.train.num_steps, every_steps=self.train.log_every or None,
+        every_secs=None, writer=self)
+    if step is not None:
+      self.report(step)  # clu's first call marks the start
+    return step
+
+  def __call__(self, done) -> None:
+    self.done = done
+    self.report(done.step)
+
+  def write_scalars(self, _, scalars: dict[str, float]) -> None:
+    if "steps_per_sec" in scalars:
+      self.done.rate = scalars["steps_per_sec"]

@@ -190,7 +190,7 @@ class Settings:
   @classmethod
   def from_config(cls, config) -> "Settings":
     """The typed value of a ConfigDict (or a plain nested dict) with exactly these fields."""
-    return _build(cls, config, "config")
+    return build(cls, config, "config")
 
   def replace(self, **sections) -> "Settings":
     return dataclasses.replace(self, **sections)
@@ -204,7 +204,7 @@ def of(config_or_settings) -> Settings:
   return Settings.from_config(config_or_settings)
 
 
-def _build(cls, node, where: str):
+def build(cls, node, where: str = "config"):
   """cls(**node), every field converted to its annotated type; the field sets must match."""
   node = node.to_dict() if hasattr(node, "to_dict") else dict(node)
   hints = typing.get_type_hints(cls)
@@ -218,7 +218,7 @@ def _build(cls, node, where: str):
 
 def _convert(kind, value, where: str) -> Any:
   if dataclasses.is_dataclass(kind):
-    return _build(kind, value, where)
+    return build(kind, value, where)
   if typing.get_origin(kind) is tuple:
     args = typing.get_args(kind)
     value = tuple(value)

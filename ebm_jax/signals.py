@@ -1,13 +1,9 @@
 """Signals around the training loop: SIGTERM / SIGINT as a request to checkpoint and stop
-(preemption), and the fault-injection hook with which tests signal a process after a step."""
+(preemption). Tests signal a process after a step through ebm_jax.faults."""
 
-import os
 import signal
 import threading
-from typing import Callable
 
-import jax
-import ml_collections
 from absl import logging
 
 
@@ -48,15 +44,3 @@ class StopRequest:
     """The received signal's name (SIGTERM, SIGINT); empty before one arrived."""
     return signal.Signals(self.signum).name if self.signum is not None else ""
 
-
-def debug_signal(config: ml_collections.ConfigDict, step: int, state,
-                 wait_for_saves: Callable[[], None]) -> None:
-  """Fault injection for tests: the process signals itself after a chosen step. Before a
-  SIGKILL every checkpoint already started is let finish, so the kill lands at a known point:
-  the latest complete checkpoint is the last one written before this step."""
-  if (config.debug.signal_at_step and step == config.debug.signal_at_step
-      and config.debug.signal_process in (-1, jax.process_index())):
-    jax.block_until_ready(state)
-    if config.debug.signal == "KILL":
-      wait_for_saves()
-    os.kill(os.getpid(), getattr(signal, f"SIG{config.debug.signal}"))

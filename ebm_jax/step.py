@@ -25,6 +25,7 @@ from ebm_jax import augment as augment_lib
 from ebm_jax import chain_program
 from ebm_jax import buffer as buffer_lib
 from ebm_jax import data as data_lib
+from ebm_jax import faults
 from ebm_jax import guard as guard_lib
 from ebm_jax import langevin, losses, models, sharding
 from ebm_jax import settings as settings_lib
@@ -135,7 +136,7 @@ def make_phase_parts(settings: settings_lib.Settings, model, info: data_lib.Data
   kl_rows = (jnp.arange(n_kl) if not groups else
              (jnp.arange(groups)[:, None] * (batch_size // groups)
               + jnp.arange(n_kl // groups)[None, :]).reshape(-1))
-  inject_at = settings.debug.inject_nan_at_step
+  batch_fault = faults.batch_fault(settings)  # tests' fault injection (debug.*); off: identity
   kl_split = mesh is not None and n_kl % mesh.size == 0
 
   def kl_part(x):
@@ -154,10 +155,7 @@ def make_phase_parts(settings: settings_lib.Settings, model, info: data_lib.Data
   def start(state: state_lib.TrainState, batch: dict[str, jax.Array]) -> ChainStart:
     keys = step_keys(settings.seed, state)
     x_pos = dequantize(keys.dequantize, batch["image"], info.levels)
-    if inject_at > 0:  # fault injection for tests (debug.*): a NaN (or huge) batch at one step
-      inject = ((state.step + 1 == inject_at)
-                & (state.recoveries < settings.debug.inject_nan_times))
-      x_pos = jnp.where(inject, settings.debug.inject_value, x_pos)
+    x_pos = batch_fault(state, x_pos)
     y = batch["label"] if conditional else None
 
     model_state = state.model_state

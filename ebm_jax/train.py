@@ -1,14 +1,17 @@
 """Set-up (mesh, shardings, the jitted step) and the training loop: `train_and_evaluate`.
 
 The step itself is `ebm_jax.step` (pure, imports nothing of this module); the divergence
-guard's check and rollback policy are `ebm_jax.guard`. This module adds what a run needs around
-them: checkpoints, metrics, preemption (ebm_jax.signals), rollbacks and the samples at the end.
+guard's check and rollback policy are `ebm_jax.guard`. The loop runs the step and the periodic
+actions due after it, with preemption (ebm_jax.signals), rollbacks and the samples at the end.
 """
 
+import dataclasses
+import datetime
 import functools
 import json
 import os
 import time
+from typing import Any, Callable, NamedTuple
 
 import jax
 import ml_collections
@@ -23,11 +26,11 @@ from ebm_jax import data as data_lib
 from ebm_jax import distributed
 from ebm_jax import files
 from ebm_jax import guard as guard_lib
-from ebm_jax import images, models, sampling, sharding, signals
+from ebm_jax import faults, images, models, sampling, sharding, signals
 from ebm_jax import settings as settings_lib
 from ebm_jax import state as state_lib
 from ebm_jax.errors import DivergenceError
-from ebm_jax.metrics import MetricWriter
+from ebm_jax.metrics import MetricWriter, Progress
 from ebm_jax import step as step_lib
 from ebm_jax.step import dequantize, seed_keys
 
@@ -152,139 +155,56 @@ class Setup:
     return sharding.host_to_global(host_batch, self.mesh)
 
 
-def _rollback(setup: Setup, ckpt: checkpoint_lib.Checkpointer, bad: state_lib.TrainState,
-              lr_factor: float) -> state_lib.TrainState:
-  """The last good checkpoint (or the initial state) with one more rollback counted."""
-  ckpt.wait()
-  state = ckpt.restore_state(setup.abstract_state, setup.state_sharding, quiet=True)
-  if state is None:
-    state = setup.fresh_state()
-  rep = sharding.replicated(setup.mesh)
-  return state.replace(
-      recoveries=jax.device_put(bad.recoveries + 1, rep),
-      lr_scale=jax.device_put(bad.lr_scale * lr_factor, rep),
-      guard=jax.device_put(state_lib.guard_init(), rep))
-
-
 def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str, devices=None):
-  """Trains (or resumes) in workdir; returns the final TrainState.
-
-  Returns early, after writing a checkpoint, when SIGTERM or SIGINT arrives (preemption): the
-  returned state's step is then below train.num_steps and the same call resumes. Raises
-  DivergenceError when the divergence guard gives up.
-  """
+  """Trains (or resumes) in workdir; returns the final TrainState. After each step run the
+  periodic actions due (`_actions`); where one reads the metrics the loop syncs with the host,
+  once, and a tripped divergence guard rolls back instead (guard.Recovery.roll_back). SIGTERM
+  or SIGINT: a checkpoint, then return (the same call resumes). DivergenceError: given up."""
   if "://" not in workdir:
     workdir = os.path.abspath(workdir)
   setup = Setup(config, devices)  # the whole config is checked before the workdir is touched
-  _check_workdir(workdir)
-  tc = config.train
-  ckpt = checkpoint_lib.Checkpointer(workdir, config, setup.info)
-  state = ckpt.restore_state(setup.abstract_state, setup.state_sharding)
-  if state is None:
-    state = setup.fresh_state()
-    logging.info("Starting from scratch in %s", workdir)
-  start = int(state.step)
-  if start >= tc.num_steps:
-    logging.warning("The run in %s is already at step %d of train.num_steps=%d; nothing to do "
-                    "(raise --config.train.num_steps to train on).", workdir, start, tc.num_steps)
-    ckpt.close()
+  ckpt, state, writer = _open(setup, workdir)
+  if writer is None:  # nothing left to train
     return state
-  if start:
-    logging.info("Resumed from step %d in %s", start, workdir)
-  is_main = jax.process_index() == 0
-  writer = MetricWriter(workdir, enabled=is_main, start_step=start, num_steps=tc.num_steps)
-  if is_main and start == 0:
-    with open(os.path.join(workdir, "config.json"), "w") as f:
-      json.dump(config.to_dict(), f, indent=2, default=list)
-  logging.info("Data %s %s, %d classes; model %s with %d parameters; %d device(s)",
-               config.data.name, setup.info.shape, setup.info.num_classes, config.model.name,
-               sum(x.size for x in jax.tree.leaves(state.params)), setup.mesh.size)
-
-  quality = None
-  if tc.eval_every > 0 and is_main and len(setup.info.shape) == 3:
-    from ebm_jax.eval import quality as quality_lib  # pylint: disable=import-outside-toplevel
-    quality = quality_lib.TrainingQuality(config, setup.model, setup.info, files.cache_dir())
-  recovery = guard_lib.Recovery(config.guard)
-  step = start
-  last_saved = ckpt.latest_step() or 0
-  stream = setup.stream(step)
-  t_last, s_last, t_start = time.time(), step, time.time()
+  progress, recovery = Progress(setup.settings.train), guard_lib.Recovery(setup.settings.guard)
+  actions, step, step_fn = _actions(setup, ckpt, writer, progress), int(state.step), setup.step_fn
+  tc = setup.settings.train
+  stream, previous, t_start = setup.stream(step), None, time.time()
   try:
     with signals.StopRequest() as stop:
-      previous_metrics, step_fn = None, setup.step_fn
-      while step < tc.num_steps:
-        step += 1
+      while step < tc.num_steps and not stop.requested:
+        step, first = step + 1, previous is None
         batch = setup.global_batch(next(stream))
-        if t_start is not None:  # several processes start the step together (distributed.py)
+        if first:  # several processes start the step together (distributed.py)
           step_fn = distributed.compile_together(step_fn, state, batch, name=f"step-{step}")
-        grad_terms = {}
+        done = _Done(step)
         if should_run(step, tc.log_grad_terms_every, tc.num_steps):
-          # Before the step (which donates the state): the decomposition of this very step.
-          grad_terms = {k: float(v) for k, v in
-                        jax.device_get(setup.decompose_fn(state, batch)).items()}
-        state, metrics, negatives = step_fn(state, batch)
+          done.grad_terms = {k: float(v) for k, v in  # before the step, which donates the state
+                             jax.device_get(setup.decompose_fn(state, batch)).items()}
+        state, metrics, done.negatives = step_fn(state, batch)
         # At most one step in flight: without this wait the host dispatches up to log_every
-        # steps ahead of the device, and a SIGTERM then waited for all of them (measured on the
-        # Fashion-MNIST CPU run: 63 s to stop, past a cloud's 30 s grace period; 5 s with it).
-        jax.block_until_ready(previous_metrics)
-        previous_metrics = metrics
-        signals.debug_signal(config, step, state, ckpt.wait)
-        if t_start is not None:
+        # steps ahead of the device, and a SIGTERM then waits for all of them, which can outlast
+        # a cloud's grace period (measured in docs/results.md, "Stopping on SIGTERM").
+        jax.block_until_ready(previous)
+        previous, done.state = metrics, state
+        faults.signal_after_step(setup.settings, step, state, ckpt.wait)
+        if first:
           jax.block_until_ready(metrics)
           logging.info("First step (compilation included) took %.1f s", time.time() - t_start)
-          t_last, s_last, t_start = time.time(), step, None
-        log_now = should_run(step, tc.log_every, tc.num_steps)
-        ckpt_now = should_run(step, tc.checkpoint_every, tc.num_steps) or stop.requested
-        if log_now or ckpt_now:
+        due = [a for a in actions if should_run(step, a.every, tc.num_steps)
+               or (a.on_stop and stop.requested)]
+        if any(a.syncs for a in due):
           # The one host sync: the guard has checked every step since the last one on device.
-          m, guard = jax.device_get((metrics, state.guard))
-          if guard.cause != state_lib.GUARD_OK:
-            recovery.check(int(guard.cause), int(guard.trip_step), last_saved, ckpt.directory)
-            state = _rollback(setup, ckpt, state, config.guard.lr_factor)
-            event = {"event": "rollback", "cause": state_lib.GUARD_CAUSES[int(guard.cause)],
-                     "trip_step": int(guard.trip_step), "detected_step": step,
-                     "resumed_from_step": int(state.step), "recoveries": int(state.recoveries),
-                     "lr_scale": float(state.lr_scale)}
-            logging.warning("Divergence guard: %s at step %d (seen at step %d); rolled back to "
-                            "step %d, rollback %d, learning-rate scale %g.", event["cause"],
-                            event["trip_step"], step, event["resumed_from_step"],
-                            event["recoveries"], event["lr_scale"])
-            writer.rollback(int(state.step), event)
-            step = s_last = int(state.step)
+          done.metrics, seen = jax.device_get((metrics, state.guard))
+          if seen.cause != state_lib.GUARD_OK:  # no action runs: the state rolls back
+            state = recovery.roll_back(seen, step, state, ckpt, setup, writer)
+            step = progress.restart(int(state.step))
             stream = setup.stream(step)
-            t_last = time.time()
-            if stop.requested:  # the state rolled back to is a checkpoint already
-              break
             continue
-          now = time.time()
-          rate = (step - s_last) / max(now - t_last, 1e-9) if step > s_last else float("nan")
-          if log_now:
-            scalars = {k: float(v) for k, v in m.items() if k != "finite"}
-            scalars["perf/steps_per_sec"] = rate
-            writer.write_scalars(step, {**scalars, **grad_terms})
-            grad_terms = {}
-            eta = (tc.num_steps - step) / rate if rate == rate and rate > 0 else float("nan")
-            logging.info("step %d/%d | loss %.4f | E+ %.4f E- %.4f | KL %.4f | %.2f steps/s | "
-                         "ETA %s", step, tc.num_steps, scalars["loss"], scalars["energy_pos"],
-                         scalars["energy_neg"], scalars["loss_kl"], rate, _fmt_eta(eta))
-          t_last, s_last = now, step
-        if grad_terms:  # a step that is not a log step
-          writer.write_scalars(step, grad_terms)
-        if should_run(step, tc.image_every, tc.num_steps) and len(setup.info.shape) == 3:
-          # every process takes part in the gather (the negatives are split over processes)
-          grid = images.make_grid(multihost_utils.process_allgather(negatives, tiled=True))
-          writer.write_images(step, {"negatives": grid[None]})
-        if quality is not None and should_run(step, tc.eval_every, tc.num_steps):
-          _log_quality(quality, writer, step, state)
-        if ckpt_now:  # only reached with a clean guard: every checkpoint is a good one
-          ckpt.save(step, state,
-                    kill_before_commit=step == config.debug.kill_in_save_at_step)
-          last_saved = step
-        if stop.requested:
-          break
+        for action in due:
+          action.run(done)
   except DivergenceError:  # leave metrics and checkpoints complete for whoever catches it
-    ckpt.wait()
-    ckpt.close()
+    ckpt.close()  # (after the saves under way)
     writer.close()
     raise
   ckpt.wait()
@@ -292,42 +212,117 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str, devices=
   if stop.requested:
     logging.warning("Stopped at step %d by %s; checkpoint written. Rerun the same command to "
                     "continue.", step, stop.name)
-  elif is_main and tc.num_steps > start:
-    # From host copies of the (replicated) EMA parameters: the sampler then runs on this
-    # process's devices alone, which a multi-process run needs (only process 0 samples).
-    variables = {"params": jax.device_get(state.ema_params),
-                 **jax.device_get(state.model_state)}
-    num = config.sample.num
-    labels = sampling.default_labels(num, setup.info.num_classes)
-    x, diag = sampling.for_model(config, setup.model, setup.info.shape).draw(
-        jax.random.key(0), num, labels, variables)
-    extra = {} if labels is None else {"labels": labels.argmax(-1)}
-    path = images.save_samples(x, os.path.join(workdir, "samples"), f"step_{int(step)}",
-                               energy_per_step=diag["energy"], grad_norm_per_step=diag["grad_norm"],
-                               **extra)
-    logging.info("Samples from the EMA parameters: %s", path)
+  elif jax.process_index() == 0:
+    _final_samples(setup, state, workdir)
   ckpt.close()
   writer.close()
   return state
 
 
-def _log_quality(quality, writer: MetricWriter, step: int, state) -> None:
-  """The quality hook (train.eval_every): EMA samples scored, logged and shown as a grid."""
-  t = time.time()
-  scalars, x = quality(step, jax.device_get(state.ema_params), jax.device_get(state.model_state))
-  writer.write_scalars(step, scalars)
-  writer.write_images(step, {"quality_samples": images.make_grid(x)[None]})
+def _open(setup: Setup, workdir: str):
+  """(Checkpointer, state to start from, MetricWriter); no writer when there is nothing to do."""
+  _check_workdir(workdir)
+  config, num_steps = setup.config, setup.config.train.num_steps
+  ckpt = checkpoint_lib.Checkpointer(workdir, config, setup.info)
+  state = ckpt.restore_state(setup.abstract_state, setup.state_sharding)
+  if state is None:
+    state = setup.fresh_state()
+    logging.info("Starting from scratch in %s", workdir)
+  start = int(state.step)
+  if start >= num_steps:
+    logging.warning("The run in %s is already at step %d of train.num_steps=%d; nothing to do "
+                    "(raise --config.train.num_steps to train on).", workdir, start, num_steps)
+    ckpt.close()
+    return ckpt, state, None
+  writer = MetricWriter(workdir, enabled=jax.process_index() == 0, start_step=start,
+                        num_steps=num_steps)
+  if start:
+    logging.info("Resumed from step %d in %s", start, workdir)
+  elif jax.process_index() == 0:
+    with open(os.path.join(workdir, "config.json"), "w") as f:
+      json.dump(config.to_dict(), f, indent=2, default=list)
+  logging.info("Data %s %s, %d classes; model %s with %d parameters; %d device(s)",
+               config.data.name, setup.info.shape, setup.info.num_classes, config.model.name,
+               sum(x.size for x in jax.tree.leaves(state.params)), setup.mesh.size)
+  return ckpt, state, writer
+
+
+@dataclasses.dataclass
+class _Done:
+  """One finished step as the periodic actions read it."""
+  step: int
+  grad_terms: dict = dataclasses.field(default_factory=dict)  # taken before the step
+  state: Any = None
+  negatives: Any = None
+  metrics: dict | None = None  # the host copy, at the steps where an action syncs
+  rate: float = float("nan")  # steps/s since the previous log step, at log steps
+
+
+class _Periodic(NamedTuple):
+  """A periodic action: `run(done)` at should_run(step, every, train.num_steps) and, `on_stop`,
+  after the step at which a stop was asked. `syncs`: it reads the host copy of the metrics."""
+  every: int
+  run: Callable[[_Done], None]
+  syncs: bool = False
+  on_stop: bool = False
+
+
+def _actions(setup: Setup, ckpt, writer: MetricWriter, progress) -> list[_Periodic]:
+  """The periodic actions in the order they run: progress (every step), log, the gradient terms
+  of a step that is not a log step, the negatives grid, the sample quality (process 0), and the
+  checkpoint last, so that it is written only once the guard was read clean."""
+  tc, info, is_image = setup.settings.train, setup.info, len(setup.info.shape) == 3
+  gather = lambda x: multihost_utils.process_allgather(x, tiled=True)  # every process takes part
+
+  actions = [_Periodic(1, progress),
+             _Periodic(tc.log_every, functools.partial(_log, writer, tc.num_steps), syncs=True),
+             _Periodic(tc.log_grad_terms_every,
+                       lambda d: d.grad_terms and writer.write_scalars(d.step, d.grad_terms)),
+             _Periodic(tc.image_every if is_image else 0, lambda d: writer.write_images(
+                 d.step, {"negatives": images.make_grid(gather(d.negatives))[None]}))]
+  if tc.eval_every > 0 and jax.process_index() == 0 and is_image:
+    from ebm_jax.eval import quality as quality_lib  # pylint: disable=import-outside-toplevel
+    quality = quality_lib.TrainingQuality(setup.settings, setup.model, info, files.cache_dir())
+    actions.append(_Periodic(tc.eval_every, functools.partial(_quality, quality, writer)))
+  return actions + [_Periodic(tc.checkpoint_every, lambda d: ckpt.save(d.step, d.state),
+                              syncs=True, on_stop=True)]
+
+
+def _log(writer: MetricWriter, num_steps: int, done: _Done) -> None:
+  """The log action: the step's scalars with perf/steps_per_sec (and the gradient terms taken
+  at this step) to metrics.jsonl and TensorBoard, and the console line."""
+  scalars = {k: float(v) for k, v in done.metrics.items() if k != "finite"}
+  scalars["perf/steps_per_sec"] = rate = done.rate
+  writer.write_scalars(done.step, {**scalars, **done.grad_terms})
+  done.grad_terms = {}  # taken along
+  eta = datetime.timedelta(seconds=round((num_steps - done.step) / rate)) if rate > 0 else "?"
+  logging.info("step %d/%d | loss %.4f | E+ %.4f E- %.4f | KL %.4f | %.2f steps/s | ETA %s",
+               done.step, num_steps, scalars["loss"], scalars["energy_pos"],
+               scalars["energy_neg"], scalars["loss_kl"], rate, eta)
+
+
+def _quality(quality, writer: MetricWriter, done: _Done) -> None:
+  """The quality action (train.eval_every): EMA samples scored, logged and shown as a grid."""
+  t, state = time.time(), done.state
+  scalars, x = quality(done.step, *jax.device_get((state.ema_params, state.model_state)))
+  writer.write_scalars(done.step, scalars)
+  writer.write_images(done.step, {"quality_samples": images.make_grid(x)[None]})
   frechet = scalars.get("quality/frechet")
   logging.info("step %d quality | Fréchet %s | classes %s | mean pixel %.3f | saturated %.3f "
-               "| %.0f s", step, "n/a" if frechet is None else f"{frechet:.1f}",
+               "| %.0f s", done.step, "n/a" if frechet is None else f"{frechet:.1f}",
                int(scalars["quality/classes"]) if "quality/classes" in scalars else "n/a",
                scalars["quality/mean_pixel"], scalars["quality/saturated_frac"],
                time.time() - t)
 
 
-def _fmt_eta(seconds: float) -> str:
-  if seconds != seconds:
-    return "?"
-  m, s = divmod(int(seconds), 60)
-  h, m = divmod(m, 60)
-  return f"{h}h{m:02d}m" if h else f"{m}m{s:02d}s"
+def _final_samples(setup: Setup, state: state_lib.TrainState, workdir: str) -> None:
+  """EMA samples into WORKDIR/samples, from host copies: this process's devices alone sample."""
+  settings, info, num = setup.settings, setup.info, setup.settings.sample.num
+  variables = {"params": jax.device_get(state.ema_params), **jax.device_get(state.model_state)}
+  labels = sampling.default_labels(num, info.num_classes)
+  x, diag = sampling.for_model(settings, setup.model, info.shape).draw(
+      jax.random.key(0), num, labels, variables)
+  path = images.save_samples(x, os.path.join(workdir, "samples"), f"step_{int(state.step)}",
+                             energy_per_step=diag["energy"], grad_norm_per_step=diag["grad_norm"],
+                             **({} if labels is None else {"labels": labels.argmax(-1)}))
+  logging.info("Samples from the EMA parameters: %s", path)

@@ -70,3 +70,13 @@ def known_state(setup, rng: np.random.Generator):
   return state.replace(step=np.int32(7), buffer=buffer,
                        opt_state=(clip_state, (adam, lr_state)),
                        ema_params=ema, recoveries=np.int32(1), lr_scale=np.float32(0.5))
+
+
+def hand_keys(seed: int, state):
+  """The step's nine keys derived by hand from the algorithm's rule: fold the rollback count,
+  then the step, into the seed's step key, and split in the documented order (dequantise,
+  draw, augment, restart, noise, chain, add, refs, refs' augmentation)."""
+  import jax  # pylint: disable=import-outside-toplevel
+  base = jax.random.split(jax.random.key(seed))[1]
+  key = jax.random.fold_in(jax.random.fold_in(base, state.recoveries), state.step)
+  return jax.random.split(key, 9)

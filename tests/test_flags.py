@@ -3,6 +3,7 @@ sampler draws with the settings each flag names, and a changed flag changes the 
 that is parsed but silently dropped fails here); `compose --score`'s success rates on a
 hand-made case; the distributed peer watch against a fake key-value store."""
 
+import dataclasses
 import os
 import shutil
 import threading
@@ -76,7 +77,8 @@ def test_sample_flags_draw_what_the_in_process_sampler_draws(digits_workdir, tmp
 
   # 3 steps in blocks of 1 with 1 plain step at the end: 2 blocks + 1; λ = 2; no transition
   flagged_chain = sampling.Sampler(
-      energy, default._replace(num_blocks=2, block_steps=1, final_steps=1, step_size=2.0),
+      energy, default._replace(num_blocks=2, block_steps=1, final_steps=1,
+                               chain=dataclasses.replace(default.chain, step_size=2.0)),
       shape, None, 4)
   want = flagged_chain.draw(jax.random.key(2), 6, None, v20)[0]
   assert got.shape == (6,) + shape, got.shape

@@ -34,6 +34,8 @@ from ebm_jax import losses, train
 from ebm_jax import settings as settings_lib
 from ebm_jax import step as step_lib
 
+from _oracle_cases import hand_keys
+
 B, N = 8, 4  # batch and KL rows (n < B: the replay runs on the first n rows only)
 FILLED = 40  # items in the 64-item buffer before the step
 
@@ -70,10 +72,8 @@ def _hand(config, model, info, s, batch):
   """The step's inputs to its loss, recomputed by hand: x⁺, x₀, the chain, the buffer add and
   the entropy references drawn after it, and the loss terms as functions of θ."""
   lc, bc, lo = config.langevin, config.buffer, config.loss
-  base = jax.random.split(jax.random.key(config.seed))[1]
-  key = jax.random.fold_in(jax.random.fold_in(base, s.recoveries), s.step)
   (k_deq, k_draw, k_aug, k_restart, k_noise, k_chain, k_add, k_refs,
-   k_refs_aug) = jax.random.split(key, 9)
+   k_refs_aug) = hand_keys(config.seed, s)
   images = np.asarray(batch["image"], np.float32)
   x_pos = (images + np.asarray(jax.random.uniform(k_deq, images.shape))) / info.levels
 

@@ -36,7 +36,7 @@ import pytest
 from ebm_jax import augment as augment_lib
 from ebm_jax import chain_program, train
 
-from _oracle_cases import B, config as _config, known_state as _known_state
+from _oracle_cases import B, config as _config, hand_keys, known_state as _known_state
 
 
 def _oracle(config, model, info, s, batch):
@@ -45,10 +45,8 @@ def _oracle(config, model, info, s, batch):
   params, model_state = s.params, s.model_state
   jem = bool(config.model.jem)
   y = batch["label"] if (info.num_classes > 0 and not jem) else None
-  base = jax.random.split(jax.random.key(config.seed))[1]
-  key = jax.random.fold_in(jax.random.fold_in(base, s.recoveries), s.step)
   (k_deq, k_draw, k_aug, k_restart, k_noise, k_chain, k_add, k_refs,
-   k_refs_aug) = jax.random.split(key, 9)
+   k_refs_aug) = hand_keys(config.seed, s)
 
   images = np.asarray(batch["image"], np.float32)
   x_pos = (images + np.asarray(jax.random.uniform(k_deq, images.shape))) / info.levels

@@ -49,7 +49,7 @@ __all__ = ["DATASETS", "OFFLINE_DATASETS", "TFDS_NAMES", "FASHION_MNIST_CLASSES"
 
 from ebm_jax.data.base import (DATASETS, OFFLINE_DATASETS, TFDS_NAMES, DatasetInfo,
                                _check_config, _check_process, _select_attribute)
-from ebm_jax.data.held_out import as_config, test_split, to_unit
+from ebm_jax.data.held_out import as_settings, test_split, to_unit
 from ebm_jax.data.images import _array_batch, _array_stream, convert_channels, resize_images
 from ebm_jax.data.offline import (FASHION_MNIST_CLASSES, FASHION_MNIST_DIR, _offline_arrays,
                                   _offline_meta, _offline_size)
@@ -172,13 +172,13 @@ def load_arrays(cfg: settings_lib.DataSettings, n: int, *, split: str | None = N
 
 
 # =================================================================== held-out images
-__all__ += ["as_config", "split_images", "test_images", "test_split", "to_unit"]
+__all__ += ["as_settings", "split_images", "test_images", "test_split", "to_unit"]
 
 
 def split_images(data, n: int, *, split: str, seed: int = 0) -> tuple[np.ndarray, np.ndarray]:
   """(images in [0, 1], one-hot labels) of the first n examples of a seeded shuffle of `split`
   (`data`: the config's data section, a ConfigDict or settings.DataSettings)."""
-  cfg = as_config(data)
+  cfg = as_settings(data)
   info = get_info(cfg)
   batch = load_arrays(cfg, n, split=split, seed=seed)
   return to_unit(batch["image"], info.levels), batch["label"]

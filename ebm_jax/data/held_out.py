@@ -1,7 +1,6 @@
 """What evaluation reads of a dataset besides its batches: the dequantisation of stored levels
 to [0, 1] (`to_unit`), the held-out split of each dataset (`test_split`), and a fresh data
-config from the `data` section, a ConfigDict or the typed settings.DataSettings (the same
-attribute paths). `data.test_images` / `data.split_images` (ebm_jax/data/__init__.py) build on
+typed data section from a ConfigDict's or a settings.DataSettings (`as_settings`). `data.test_images` / `data.split_images` (ebm_jax/data/__init__.py) build on
 them."""
 
 from __future__ import annotations
@@ -10,17 +9,19 @@ import dataclasses
 
 import numpy as np
 
+from ebm_jax import settings as settings_lib
 from ebm_jax.data.base import OFFLINE_DATASETS
 
 # The split that stands for "test" in tfds datasets without one.
 _TFDS_TEST_SPLITS = {"celeba_hq": "train[-3000:]", "lsun_bedroom": "validation"}
 
 
-def as_config(data):
-  """A fresh ConfigDict of the data section (from a ConfigDict or a DataSettings)."""
-  import ml_collections  # pylint: disable=import-outside-toplevel
-  fields = dataclasses.asdict(data) if dataclasses.is_dataclass(data) else data.to_dict()
-  return ml_collections.ConfigDict(fields)
+def as_settings(data, **changes) -> settings_lib.DataSettings:
+  """The data section as a typed value (from a DataSettings, or a ConfigDict's or dict's
+  section), with `changes` applied: a new value, the argument left as it was."""
+  if not isinstance(data, settings_lib.DataSettings):
+    data = settings_lib.build(settings_lib.DataSettings, data, "data")
+  return dataclasses.replace(data, **changes)
 
 
 def to_unit(images: np.ndarray, levels: int) -> np.ndarray:

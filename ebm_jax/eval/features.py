@@ -12,11 +12,11 @@ from typing import Callable
 import flax.linen as nn
 import jax
 import jax.numpy as jnp
-import ml_collections
 import numpy as np
 import optax
 
 from ebm_jax import data as data_lib
+from ebm_jax import settings as settings_lib
 from ebm_jax.errors import UserError
 
 DATASETS = ("digits", "fashion_mnist", "shapes")  # offline image sets with labels
@@ -77,7 +77,7 @@ def _apply_logits(module):
   return jax.jit(lambda p, x: module.apply({"params": p}, x))
 
 
-def classifier_key(data_cfg: ml_collections.ConfigDict, attribute: str) -> str:
+def classifier_key(data_cfg: settings_lib.DataSettings, attribute: str) -> str:
   if data_cfg.name == "toy2d":
     raise UserError("the feature classifier needs an image dataset with labels; "
                                "data.name=toy2d has none")
@@ -92,15 +92,15 @@ def classifier_key(data_cfg: ml_collections.ConfigDict, attribute: str) -> str:
 
 
 def _labelled(data_cfg, attribute: str, split: str, n: int) -> tuple[np.ndarray, np.ndarray, int]:
-  cfg = data_lib.as_config(data_cfg)
-  cfg.attribute = attribute or ("shape" if cfg.name == "shapes" else "class")
+  cfg = data_lib.as_settings(
+      data_cfg, attribute=attribute or ("shape" if data_cfg.name == "shapes" else "class"))
   info = data_lib.get_info(cfg)
   batch = data_lib.load_arrays(cfg, n, split=split, seed=1)
   x = data_lib.to_unit(batch["image"], info.levels)
   return x, batch["label"].argmax(-1), info.num_classes
 
 
-def train_classifier(data_cfg: ml_collections.ConfigDict, attribute: str = "", *,
+def train_classifier(data_cfg: settings_lib.DataSettings, attribute: str = "", *,
                      steps: int = 1500, batch_size: int = 128, seed: int = 0,
                      log: Callable[[str], None] = print) -> FeatureNet:
   """Trains the feature classifier on the train split; accuracy measured on the test split."""
@@ -152,7 +152,7 @@ def save_classifier(net: FeatureNet, cache_dir: str) -> str:
   return path + ".msgpack"
 
 
-def load_classifier(data_cfg: ml_collections.ConfigDict, attribute: str,
+def load_classifier(data_cfg: settings_lib.DataSettings, attribute: str,
                     cache_dir: str) -> FeatureNet:
   from flax import serialization  # pylint: disable=import-outside-toplevel
   key = classifier_key(data_cfg, attribute)
@@ -174,7 +174,7 @@ def load_classifier(data_cfg: ml_collections.ConfigDict, attribute: str,
   return FeatureNet(module, params, meta)
 
 
-def load_or_train(data_cfg: ml_collections.ConfigDict, attribute: str, cache_dir: str, *,
+def load_or_train(data_cfg: settings_lib.DataSettings, attribute: str, cache_dir: str, *,
                   steps: int, log: Callable[[str], None] = print) -> FeatureNet:
   """The cached classifier of this data, trained first (with progress lines) and cached when
   there is none."""
@@ -192,14 +192,12 @@ SIZES = {"digits": (8, 1), "fashion_mnist": (28, 1), "shapes": (32, 3)}  # nativ
 
 
 def data_config(name: str, path: str = "", image_size: int = 0,
-                channels: int = 0) -> ml_collections.ConfigDict:
+                channels: int = 0) -> settings_lib.DataSettings:
   """The data config a classifier is trained on: `name` at its native size unless given, its
   files in `path` (as data.path) when not in the usual place."""
   if name not in DATASETS:
     raise UserError(f"--data={name!r}: one of {', '.join(DATASETS)}")
   from ebm_jax.configs import default  # pylint: disable=import-outside-toplevel
-  cfg = default.get_config().data
   size, chans = SIZES[name]
-  cfg.name, cfg.path = name, path
-  cfg.image_size, cfg.channels = image_size or size, channels or chans
-  return cfg
+  return data_lib.as_settings(default.get_config().data, name=name, path=path,
+                              image_size=image_size or size, channels=channels or chans)

@@ -10,12 +10,12 @@ import time
 from typing import Callable
 
 import jax
-import ml_collections
 import numpy as np
 from absl import logging
 
 from ebm_jax import data as data_lib
 from ebm_jax import sampling
+from ebm_jax import settings as settings_lib
 from ebm_jax.restore import Run
 from ebm_jax.errors import UserError
 from ebm_jax.eval import features as features_lib
@@ -110,7 +110,7 @@ class TrainingQuality:
   passed per call), scored by pixel statistics on every image dataset and, on the offline
   datasets, by the feature classifier (trained first, with progress lines, when not cached)."""
 
-  def __init__(self, config: ml_collections.ConfigDict, model, info, cache_dir: str,
+  def __init__(self, config: settings_lib.Settings, model, info, cache_dir: str,
                log: Callable[[str], None] = logging.info):
     self.config, self.info, self.num = config, info, int(config.eval.num)
     self.sampler = sampling.for_model(config, model, info.shape, batch_size=self.num)  # one batch

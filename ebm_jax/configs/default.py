@@ -96,7 +96,7 @@ def get_config(variant: str = "") -> ml_collections.ConfigDict:
   c.loss.opt = True  # L_opt = E_{sg(theta)}(x_hat); paper Eq. 6 (first half of L_KL)
   c.loss.opt_weight = 1.0  # kl_coeff; ref §1.5 (the paper gives no value)
   c.loss.ent = True  # L_ent = -mean log NN(x_hat, buffer); paper Eq. 7 (second half of L_KL)
-  c.loss.ent_weight = 0.3  # ref §1.5 ("just a heuristic", author in issue #9); paper silent
+  c.loss.ent_weight = 0.3  # ref §1.5 ("just a heuristic": the authors, yilundu/improved_contrastive_divergence issue #9); paper silent
   c.loss.ent_num_refs = 100  # comparison set size; ref §1.5 uses 100 (paper §2.2 says 1000)
   c.loss.ent_min_buffer = 1000  # L_ent only once the buffer holds more items; ref §1.5
   c.loss.ent_eps = 1e-8  # added inside the sqrt of the NN distance; ref §8.4 (the code has none)
@@ -254,7 +254,7 @@ def cpu_step_size(image_size: int) -> float:
 
 
 def apply_cpu(c: ml_collections.ConfigDict) -> None:
-  """A run that fits a CPU session (minutes, not days): the digits quickstart's measured
+  """A run that fits a CPU (minutes, not days): the digits quickstart's measured
   settings (F=16, K=10, Adam 1e-3, EMA 0.99, B=32) for 1,500 steps, with what the Fashion-MNIST
   recipe measured (docs/fashion_mnist_recipe.md): λ scaled with the pixel count
   (cpu_step_size), a cosine decay of the learning rate, and a test-time chain that repeats the

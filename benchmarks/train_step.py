@@ -1,14 +1,20 @@
-"""Times one training iteration (the jitted train step) of a config; prints one JSON object.
+"""Times one training iteration (the jitted train step) of a config, or with
+`--program=decomposition` its gradient decomposition (ebm_jax/analysis.py, the paper's Fig. 12);
+prints one JSON object.
 
   python -m benchmarks.train_step --config=configs/cifar10.py \
       --config.train.batch_size=16 --config.langevin.num_steps=40 [--config.model.dtype=bfloat16]
+  python -m benchmarks.train_step --program=decomposition --config=configs/cifar10.py \
+      --config.data.name=shapes --config.train.batch_size=16 --config.langevin.num_steps=40 \
+      [--config.langevin.host_segment=0]
 
-Compilation is timed apart (lower + compile); the step is then called `--warmup` times untimed
-and `--repeats` times timed with `block_until_ready`, threading the donated state through.
-Run it on an otherwise idle machine.
+Compilation is timed apart (lower + compile); the program is then called `--warmup` times
+untimed and `--repeats` times timed with `block_until_ready`, the step threading the donated
+state through. Both programs come from the step's builder (`chain_program.build`), so on CPU a
+long chain runs host-driven; `--config.langevin.host_segment=0` builds the chain inside one
+program (fully unrolled on CPU). Run it on an otherwise idle machine.
 """
 
-import time
 
 from ebm_jax import cli  # first: nothing above this line may import jax
 cli.apply_xla_flags()  # XLA reads the flags' log level when jax loads, not later
@@ -22,13 +28,32 @@ from ebm_jax import chain_program, train
 
 FLAGS = flags.FLAGS
 common.define_flags()
+flags.DEFINE_enum("program", "step", ["step", "decomposition"], "What to time.")
+
+
+def run_decomposition() -> dict:
+  config, setup, state, batch, compiled, compile_s = common.compile_from_flag(
+      lambda setup: setup.decompose_fn)
+  first_s, times = common.timed(lambda: compiled(state, batch), FLAGS.repeats, FLAGS.warmup)
+  out = jax.device_get(compiled(state, batch))
+  return {
+      "benchmark": "decomposition", "config": common.config_name(), "data": config.data.name,
+      "model": config.model.name, "batch_size": config.train.batch_size,
+      "langevin_steps": config.langevin.num_steps,
+      "langevin_host_segment": setup.decompose_fn.lengths[0]
+      if isinstance(setup.decompose_fn, chain_program.HostChain) else 0,
+      "compile_s": compile_s, "first_call_after_compile_s": first_s,
+      "call_s": common.summary(times),
+      "finite": bool(all(np.isfinite(v) for v in out.values())),
+      **common.device_info(), **common.memory_info(), "versions": common.versions(),
+  }
 
 
 def run() -> dict:
-  config, setup, state, batch = common.setup_from_flag()
-  t = time.perf_counter()
-  compiled = chain_program.compile(setup.step_fn, state, batch)
-  compile_s = time.perf_counter() - t
+  if FLAGS.program == "decomposition":
+    return run_decomposition()
+  config, setup, state, batch, compiled, compile_s = common.compile_from_flag(
+      lambda setup: setup.step_fn)
   holder = {"state": state}
 
   def call():

@@ -153,6 +153,7 @@ def validate(config: ml_collections.ConfigDict, num_devices: int = 1) -> None:
   check(config.sample.num >= 1, "sample.num", "must be at least 1")
   check(config.eval.num >= 2, "eval.num", "must be at least 2")
   check(config.eval.classifier_steps >= 1, "eval.classifier_steps", "must be at least 1")
+  check(config.eval.fid_num >= 2, "eval.fid_num", "must be at least 2")
   check(config.sample.batch_size >= 1, "sample.batch_size", "must be at least 1")
   if config.data.name == "toy2d":
     check(config.model.name == "mlp", "model.name", "toy2d data needs the 'mlp' energy")

@@ -32,13 +32,15 @@ def define_flags():
                        "(-1: cycle through classes).")
   flags.DEFINE_integer("step", None, "Checkpoint step (default: latest).")
   flags.DEFINE_integer("seed", 0, "Sampling seed.")
+  flags.DEFINE_integer("batch", None, "Chains run at a time (default: config.sample."
+                       "batch_size).")
   flags.DEFINE_string("out", None, "Output folder (default: WORKDIR/samples).")
 
 
 def _check_flags() -> None:
   if not FLAGS.workdir:
     raise UserError("--workdir is required")
-  for name in ("num", "steps"):
+  for name in ("num", "steps", "batch"):
     value = getattr(FLAGS, name)
     if value is not None and value < (1 if name != "steps" else 0):
       raise UserError(f"--{name}={value} must be positive")
@@ -59,7 +61,7 @@ def run(argv) -> None:
   num = FLAGS.num or settings.sample.num
   labels = sampling.default_labels(num, info.num_classes, FLAGS.label)
   sampler = sampling.for_model(settings, trained.model, info.shape, steps=FLAGS.steps,
-                               augment=FLAGS.augment)
+                               augment=FLAGS.augment, batch_size=FLAGS.batch)
   x, diag = sampler.draw(jax.random.key(FLAGS.seed), num, labels, trained.variables)
   if settings.langevin.sampler in ("mala", "hmc"):
     logging.info("%s acceptance rate %.3f (mean over steps and chains)",

@@ -134,6 +134,8 @@ class TrainSettings:
 class EvalSettings:
   num: int
   classifier_steps: int
+  fid: bool
+  fid_num: int
 
 
 @dataclasses.dataclass(frozen=True)

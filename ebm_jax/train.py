@@ -308,10 +308,12 @@ def _quality(quality, writer: MetricWriter, done: _Done) -> None:
   writer.write_scalars(done.step, scalars)
   writer.write_images(done.step, {"quality_samples": images.make_grid(x)[None]})
   frechet = scalars.get("quality/frechet")
-  logging.info("step %d quality | Fréchet %s | classes %s | mean pixel %.3f | saturated %.3f "
-               "| %.0f s", done.step, "n/a" if frechet is None else f"{frechet:.1f}",
+  fid = (f" | FID {scalars['quality/fid']:.1f} ({int(scalars['quality/fid_num'])} samples)"
+         if "quality/fid" in scalars else "")
+  logging.info("step %d quality | Fréchet %s | classes %s | mean pixel %.3f | saturated %.3f"
+               "%s | %.0f s", done.step, "n/a" if frechet is None else f"{frechet:.1f}",
                int(scalars["quality/classes"]) if "quality/classes" in scalars else "n/a",
-               scalars["quality/mean_pixel"], scalars["quality/saturated_frac"],
+               scalars["quality/mean_pixel"], scalars["quality/saturated_frac"], fid,
                time.time() - t)
 
 

@@ -64,6 +64,25 @@ def write_fake_fashion_mnist(folder: str) -> str:
   return folder
 
 
+def write_random_inception_weights(path: str) -> None:
+  """An .npz of the FID network's shapes with random values (kernels normal / √fan-in,
+  batch-norm means and β zero, variances one): a working network, not the reference one."""
+  import jax  # pylint: disable=import-outside-toplevel
+  import jax.numpy as jnp  # pylint: disable=import-outside-toplevel
+  from ebm_jax.eval import inception  # pylint: disable=import-outside-toplevel
+  params = jax.eval_shape(lambda: inception.InceptionV3().init(
+      jax.random.key(0), jnp.zeros((1, 299, 299, 3))))["params"]
+  rng = np.random.default_rng(0)
+  arrays = {}
+  for p, leaf in jax.tree.leaves_with_path(params):
+    key = "/".join(k.key for k in p)
+    fan_in = np.prod(leaf.shape[:-1]) if key.endswith("kernel") else 1
+    arrays[key] = (np.ones(leaf.shape) if key.endswith("var") else
+                   rng.normal(size=leaf.shape) / np.sqrt(fan_in) * (key.endswith("kernel")))
+  os.makedirs(os.path.dirname(path), exist_ok=True)
+  np.savez(path, **{k: v.astype(np.float32) for k, v in arrays.items()})
+
+
 @pytest.fixture(scope="session")
 def fashion_mnist_dir(tmp_path_factory) -> str:
   return write_fake_fashion_mnist(str(tmp_path_factory.mktemp("fashion_mnist")))

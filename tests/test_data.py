@@ -96,6 +96,30 @@ def test_fashion_mnist_real_files():
   np.testing.assert_array_equal(rgb["image"][..., 0], rgb["image"][..., 1])
 
 
+def test_mnist_from_idx_files_through_data_path(tmp_path):
+  from conftest import write_fake_fashion_mnist  # pylint: disable=import-outside-toplevel
+  from ebm_jax.configs import mnist  # pylint: disable=import-outside-toplevel
+  folder = write_fake_fashion_mnist(str(tmp_path / "mnist"))  # the same four IDX files
+  config = mnist.get_config()
+  config.data.path = folder
+  cfg = data.as_settings(config.data)
+  assert not data.from_tfds(cfg)
+  assert data.from_tfds(data.as_settings(config.data, path=str(tmp_path)))  # a tfds data_dir
+  assert data.from_tfds(data.as_settings(config.data, path=""))
+  info = data.get_info(cfg)
+  assert (info.shape, info.num_classes, info.levels) == ((28, 28, 1), 0, 256)
+  with gzip.open(os.path.join(folder, "t10k-images-idx3-ubyte.gz")) as f:
+    raw = np.frombuffer(f.read(), np.uint8, offset=16).reshape(-1, 28, 28, 1)
+  test = data.load_arrays(cfg, 10_000, split="test")["image"]
+  assert len(test) == len(raw) and sorted(_keys(test)) == sorted(_keys(raw))
+  labelled = data.as_settings(config.data, attribute="class")
+  batch = next(data.make_stream(labelled, batch_size=16, seed=0))
+  _assert_one_hot(batch["label"], 10)
+  with pytest.raises(data.DataError, match="MNIST file"):
+    os.remove(os.path.join(folder, "t10k-labels-idx1-ubyte.gz"))
+    data.get_info(data.as_settings(config.data, split="test"))
+
+
 # ====================================================================== shapes
 
 

@@ -279,10 +279,21 @@ def test_configs_load_from_outside_the_repository(tmp_path):
 
 def test_quality_hook_logs_sample_quality_at_its_steps(tmp_path, monkeypatch):
   """train.eval_every: EMA samples by the test-time chain, scored at the eval steps (and the
-  last), written to metrics.jsonl; the feature classifier is trained first when not cached."""
+  last), written to metrics.jsonl; the feature classifier is trained first when not cached;
+  with eval.fid the FID of eval.fid_num samples (the network's weights random here)."""
+  from conftest import write_random_inception_weights  # pylint: disable=import-outside-toplevel
+  from ebm_jax.eval import inception  # pylint: disable=import-outside-toplevel
+  from ebm_jax import data as data_lib  # pylint: disable=import-outside-toplevel
+  from ebm_jax.eval import fid  # pylint: disable=import-outside-toplevel
   monkeypatch.setenv("EBM_JAX_CACHE", str(tmp_path / "cache"))
+  write_random_inception_weights(str(tmp_path / "cache" / inception.WEIGHTS_NAME))
   cfg = tiny_config("digits", train__num_steps=4, train__eval_every=3, eval__num=130,
-                    eval__classifier_steps=30)
+                    eval__classifier_steps=30, eval__fid=True, eval__fid_num=12)
+  # the test split's statistics as if cached by an earlier run (its features cost minutes at
+  # the suite's -O0): the hook must read them, not recompute them
+  ref = fid.stats_cache_path(str(tmp_path / "cache"), data_lib.as_settings(cfg.data), "test", 0)
+  rng = np.random.default_rng(0)
+  fid.save_stats(ref, fid.Stats(rng.normal(size=2048), np.eye(2048), 297))
   train.train_and_evaluate(cfg, str(tmp_path / "run"))
   rows = [r for r in read_jsonl(str(tmp_path / "run" / METRICS_FILE)) if "quality/frechet" in r]
   assert [r["step"] for r in rows] == [3, 4]
@@ -290,6 +301,9 @@ def test_quality_hook_logs_sample_quality_at_its_steps(tmp_path, monkeypatch):
     assert r["quality/frechet"] > 0 and 0 <= r["quality/coverage_entropy"] <= np.log(10)
     assert 1 <= r["quality/classes"] <= 10
     assert 0 < r["quality/mean_pixel"] < 1 and 0 <= r["quality/saturated_frac"] <= 1
+    assert r["quality/fid"] > 0 and r["quality/fid_num"] == 12
+  assert rows[0]["quality/fid"] != rows[1]["quality/fid"]  # other parameters, other samples
+  assert os.listdir(tmp_path / "cache" / "fid_stats") == [os.path.basename(ref)]
   assert os.listdir(tmp_path / "cache")  # the classifier it trained is cached
 
 

@@ -175,6 +175,11 @@ def get_config(variant: str = "") -> ml_collections.ConfigDict:
   # Fréchet distance is computed from a full-rank covariance.
   c.eval.num = 256
   c.eval.classifier_steps = 1500  # the feature classifier, trained once per dataset and cached
+  # The standard FID (eval/fid.py) of eval.fid_num EMA samples against the test split at every
+  # evaluation: off by default, since on a CPU 10,000 samples and their Inception features take
+  # many minutes. A smaller fid_num is reported as quality/fid_num (not comparable to papers').
+  c.eval.fid = False
+  c.eval.fid_num = 10_000
 
   # ---------------------------------------------------------------- divergence guard
   # Checked on device every step; on a trip the loop rolls back to the last good checkpoint and

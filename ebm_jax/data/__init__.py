@@ -45,9 +45,9 @@ __all__ = ["DATASETS", "OFFLINE_DATASETS", "TFDS_NAMES", "FASHION_MNIST_CLASSES"
            "FASHION_MNIST_DIR", "SHAPE_ATTRIBUTES", "SHAPES", "SHAPE_COLORS", "SIZES", "POSITIONS",
            "TOY_DENSITIES", "Batch",
            "DataError", "DatasetInfo", "convert_channels", "get_info", "load_arrays",
-           "make_stream", "render_shape", "resize_images", "sample_toy2d", "toy2d_log_density"]
+           "from_tfds", "make_stream", "render_shape", "resize_images", "sample_toy2d", "toy2d_log_density"]
 
-from ebm_jax.data.base import (DATASETS, OFFLINE_DATASETS, TFDS_NAMES, DatasetInfo,
+from ebm_jax.data.base import (DATASETS, OFFLINE_DATASETS, TFDS_NAMES, DatasetInfo, from_tfds,
                                _check_config, _check_process, _select_attribute)
 from ebm_jax.data.held_out import as_settings, test_split, to_unit
 from ebm_jax.data.images import _array_batch, _array_stream, convert_channels, resize_images
@@ -83,7 +83,7 @@ def get_info(cfg: settings_lib.DataSettings, *, process_index: int = 0,
   _check_process(process_index, process_count)
   if cfg.name == "toy2d":
     return DatasetInfo("toy2d", (2,), 0, 0, -1, ())
-  if cfg.name in TFDS_NAMES:
+  if from_tfds(cfg):
     return _tfds_open(cfg, cfg.split, process_index, process_count)[1]
   levels, attributes = _offline_meta(cfg.name)
   key, class_names = _select_attribute(cfg.name, cfg.attribute, attributes)
@@ -124,7 +124,7 @@ def make_stream(cfg: settings_lib.DataSettings, *, batch_size: int, seed: int,
                      f"{start_step}, {seed}")
   if cfg.name == "toy2d":
     return _toy_stream(cfg, batch_size, seed, start_step, process_index, process_count)
-  if cfg.name in TFDS_NAMES:
+  if from_tfds(cfg):
     source, _ = _tfds_open(cfg, cfg.split, process_index, process_count)
     ds = _tfds_pipeline(source, cfg, batch_size=batch_size, seed=seed, skip=start_step *
                         batch_size, repeat=True, drop_remainder=True)
@@ -159,7 +159,7 @@ def load_arrays(cfg: settings_lib.DataSettings, n: int, *, split: str | None = N
   split = cfg.split if split is None else split
   if cfg.name == "toy2d":
     return next(_toy_stream(cfg, n, seed, 0, 0))
-  if cfg.name in TFDS_NAMES:
+  if from_tfds(cfg):
     source, _ = _tfds_open(cfg, split, 0, 1)
     ds = _tfds_pipeline(source, cfg, batch_size=n, seed=seed, skip=0, repeat=False,
                         drop_remainder=False, take=n)

@@ -4,6 +4,7 @@ the checks of a data config (see ebm_jax/data/__init__.py for the stream semanti
 from __future__ import annotations
 
 import dataclasses
+import os
 from collections.abc import Mapping
 from typing import TYPE_CHECKING
 
@@ -46,6 +47,16 @@ TFDS_NAMES = {
     "celeba": "celeb_a",
 }
 DATASETS = OFFLINE_DATASETS + tuple(TFDS_NAMES)
+IDX_DATASETS = ("fashion_mnist", "mnist")  # read from gzipped IDX files (mnist: with data.path)
+
+
+def from_tfds(cfg: settings_lib.DataSettings) -> bool:
+  """Whether cfg's data comes through tfds: the tfds sets, except mnist when data.path is a
+  folder of its IDX files (then read as Fashion-MNIST's are; any other data.path is tfds's
+  data_dir)."""
+  if cfg.name == "mnist" and cfg.path:
+    return not os.path.isfile(os.path.join(cfg.path, "train-images-idx3-ubyte.gz"))
+  return cfg.name in TFDS_NAMES
 
 
 # =================================================================== validation

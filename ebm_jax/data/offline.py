@@ -1,5 +1,6 @@
-"""The offline image sources on disk or in a wheel: scikit-learn's digits and Fashion-MNIST's
-gzipped IDX files (Debian's dataset-fashion-mnist, or any folder given as data.path)."""
+"""The offline image sources on disk or in a wheel: scikit-learn's digits, and the gzipped IDX
+files of Fashion-MNIST (Debian's dataset-fashion-mnist, or any folder given as data.path) and of
+MNIST (a folder given as data.path; without one MNIST comes through tfds)."""
 
 from __future__ import annotations
 
@@ -23,7 +24,7 @@ if TYPE_CHECKING:
 FASHION_MNIST_DIR = "/usr/share/datasets/fashion-mnist"
 FASHION_MNIST_CLASSES = ("T-shirt/top", "Trouser", "Pullover", "Dress", "Coat", "Sandal",
                          "Shirt", "Sneaker", "Bag", "Ankle boot")
-_FASHION_PREFIX = {"train": "train", "test": "t10k"}
+_IDX_PREFIX = {"train": "train", "test": "t10k"}
 
 # sklearn's digits ship without a split; hold out the last 297 of 1797 for evaluation.
 _DIGITS_TRAIN = 1500
@@ -36,6 +37,8 @@ def _offline_meta(name: str) -> tuple[int, Mapping[str, tuple[str, ...]]]:
     return _DIGITS_LEVELS, {"class": tuple(str(d) for d in range(10))}
   if name == "fashion_mnist":
     return 256, {"class": FASHION_MNIST_CLASSES}
+  if name == "mnist":
+    return 256, {"class": tuple(str(d) for d in range(10))}
   return 256, SHAPE_ATTRIBUTES
 
 
@@ -48,9 +51,9 @@ def _offline_size(cfg: settings_lib.DataSettings, split: str) -> int:
   if cfg.name == "shapes":
     _check_split("shapes", split, tuple(_SHAPES_SIZE))
     return _SHAPES_SIZE[split]
-  if cfg.name == "fashion_mnist":
-    _check_split("fashion_mnist", split, tuple(_FASHION_PREFIX))
-    images_file, _ = _fashion_files(cfg.path, split)
+  if cfg.name in ("fashion_mnist", "mnist"):
+    _check_split(cfg.name, split, tuple(_IDX_PREFIX))
+    images_file, _ = _idx_files(cfg.name, cfg.path, split)
     with gzip.open(images_file, "rb") as f:  # the IDX header holds the count
       return int(np.frombuffer(f.read(8), ">u4")[1])
   return _offline_arrays(cfg, split).images.shape[0]
@@ -60,9 +63,9 @@ def _offline_arrays(cfg: settings_lib.DataSettings, split: str) -> _Arrays:
   if cfg.name == "digits":
     _check_split("digits", split, ("train", "test"))
     return _digits_arrays(split)
-  if cfg.name == "fashion_mnist":
-    _check_split("fashion_mnist", split, tuple(_FASHION_PREFIX))
-    return _fashion_arrays(*_fashion_files(cfg.path, split))
+  if cfg.name in ("fashion_mnist", "mnist"):
+    _check_split(cfg.name, split, tuple(_IDX_PREFIX))
+    return _idx_arrays(cfg.name, *_idx_files(cfg.name, cfg.path, split))
   _check_split("shapes", split, tuple(_SHAPES_SIZE))
   # Rendered at the target size: sharper than resizing a fixed rendering.
   return _shapes_arrays(split, cfg.image_size)
@@ -78,12 +81,16 @@ def _digits_arrays(split: str) -> _Arrays:
                  _offline_meta("digits")[1], _DIGITS_LEVELS)
 
 
-def _fashion_files(path: str, split: str) -> tuple[str, str]:
+def _idx_files(name: str, path: str, split: str) -> tuple[str, str]:
   folder = path or FASHION_MNIST_DIR
-  prefix = _FASHION_PREFIX[split]
+  prefix = _IDX_PREFIX[split]
   files = (os.path.join(folder, f"{prefix}-images-idx3-ubyte.gz"),
            os.path.join(folder, f"{prefix}-labels-idx1-ubyte.gz"))
   missing = [f for f in files if not os.path.isfile(f)]
+  if missing and name == "mnist":
+    raise DataError(f"MNIST file(s) not found: {', '.join(missing)}. data.path must be a folder "
+                    "with the four gzipped IDX files (train-images-idx3-ubyte.gz, ...); without "
+                    "a data.path MNIST comes through tfds")
   if missing:
     raise DataError(
         f"Fashion-MNIST file(s) not found: {', '.join(missing)}. Install them with "
@@ -107,9 +114,12 @@ def _read_idx(filename: str, ndim: int) -> np.ndarray:
 
 
 @functools.lru_cache(maxsize=2)
-def _fashion_arrays(images_file: str, labels_file: str) -> _Arrays:
+def _idx_arrays(name: str, images_file: str, labels_file: str) -> _Arrays:
   images = _read_idx(images_file, 3)[..., None]
   labels = _read_idx(labels_file, 1).astype(np.int64)
   if labels.shape[0] != images.shape[0]:
     raise DataError(f"{images_file} and {labels_file} hold different numbers of examples")
-  return _Arrays(images, {"class": labels}, _offline_meta("fashion_mnist")[1], 256)
+  if images.shape[1:3] != (28, 28):
+    raise DataError(f"{images_file}: images of {images.shape[1]}x{images.shape[2]}, not the "
+                    f"28x28 of {name}")
+  return _Arrays(images, {"class": labels}, _offline_meta(name)[1], 256)

@@ -23,10 +23,12 @@ from ebm_jax.eval import stats
 
 
 def generate_samples(run: Run, num: int, *, steps: int | None, seed: int,
-                     label: int = -1) -> np.ndarray:
-  """num samples of the run by its test-time chain (settings.sample), under EMA parameters."""
+                     label: int = -1, batch_size: int | None = None) -> np.ndarray:
+  """num samples of the run by its test-time chain (settings.sample), under EMA parameters,
+  batch_size chains at a time (default: settings.sample.batch_size)."""
   labels = sampling.default_labels(num, run.info.num_classes, label)
-  x, _ = sampling.for_model(run.settings, run.model, run.info.shape, steps=steps).draw(
+  x, _ = sampling.for_model(run.settings, run.model, run.info.shape, steps=steps,
+                            batch_size=batch_size).draw(
       jax.random.key(seed), num, labels, run.variables)
   return x
 
@@ -108,13 +110,20 @@ class TrainingQuality:
   """The training loop's quality hook (train.eval_every): `eval.num` samples from the EMA
   parameters by the test-time chain, in a jitted sampler of its own (compiled once, parameters
   passed per call), scored by pixel statistics on every image dataset and, on the offline
-  datasets, by the feature classifier (trained first, with progress lines, when not cached)."""
+  datasets, by the feature classifier (trained first, with progress lines, when not cached);
+  with eval.fid, also the standard FID of eval.fid_num samples (drawn in batches of
+  sample.batch_size) against the test split, whose statistics are cached."""
 
   def __init__(self, config: settings_lib.Settings, model, info, cache_dir: str,
                log: Callable[[str], None] = logging.info):
     self.config, self.info, self.num = config, info, int(config.eval.num)
     self.sampler = sampling.for_model(config, model, info.shape, batch_size=self.num)  # one batch
-    self.net, self.stats_real = None, None
+    self.net, self.stats_real, self.fid = None, None, None
+    if config.eval.fid:
+      from ebm_jax.eval import fid  # pylint: disable=import-outside-toplevel
+      network = fid.load_network(cache_dir, log=log)  # missing weights: a UserError at set-up
+      self.fid = (network, fid.reference_stats(network, config.data, "test", 0, cache_dir, log=log),
+                  sampling.for_model(config, model, info.shape))
     if config.data.name in features_lib.DATASETS:
       self.net = features_lib.load_or_train(config.data, config.data.attribute, cache_dir,
                                             steps=config.eval.classifier_steps, log=log)
@@ -134,4 +143,13 @@ class TrainingQuality:
           *stats.gaussian_stats(self.net.features(x)), *self.stats_real)
       scalars["quality/coverage_entropy"] = cov["entropy"]
       scalars["quality/classes"] = float(cov["classes_present"])
+    if self.fid is not None:
+      from ebm_jax.eval import fid  # pylint: disable=import-outside-toplevel
+      network, ref, sampler = self.fid
+      n = int(self.config.eval.fid_num)
+      samples, _ = sampler.draw(jax.random.fold_in(key, 1), n,
+                                sampling.default_labels(n, self.info.num_classes),
+                                {"params": ema_params, **model_state})
+      scalars["quality/fid"] = fid.fid(fid.statistics(network.features(samples)), ref)
+      scalars["quality/fid_num"] = float(n)
     return scalars, x

@@ -86,6 +86,8 @@ def define_chain_flags() -> None:
                        "(default: config.sample.final_steps).")
   flags.DEFINE_float("step_size", None, "Langevin step size λ of the chain (default: "
                      "config.sample.step_size, else the training one).")
+  flags.DEFINE_integer("batch", None, "Chains run at a time (default: config.sample."
+                       "batch_size).", lower_bound=1)
 
 
 def apply_chain_flags(run):

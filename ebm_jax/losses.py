@@ -9,8 +9,11 @@ with θ the parameters and sg = `jax.lax.stop_gradient`:
   L_opt = c_opt · mean E_{sg θ}(x̂)                              (paper Eq. 6)
   L_ent = −c_ent · mean_i log NN(x̂_i, sg B)                    (paper Eq. 7, ref §1.5)
 Means run over the batch and the heads (E has shape (B, S)); samplers use the head sum.
-With loss.kl_form = "right" both KL terms change sign (critique §5.4.1: −KL is what CD's
-derivation maximises; the paper minimises it).
+With loss.kl_form = "right" both KL terms change sign (critique §5.4.1: CD's derivation
+minimises −KL, pushing the chain's distribution away from the model's; the paper minimises the
+KL itself). Whatever the sampler, x̂ is one noiseless gradient step from the chain's last
+input: for MALA it is the proposal's drift, for HMC with more than one leapfrog step it is not
+the chain's transition.
 """
 
 from typing import Callable, NamedTuple

@@ -32,15 +32,13 @@ def define_flags():
                        "(-1: cycle through classes).")
   flags.DEFINE_integer("step", None, "Checkpoint step (default: latest).")
   flags.DEFINE_integer("seed", 0, "Sampling seed.")
-  flags.DEFINE_integer("batch", None, "Chains run at a time (default: config.sample."
-                       "batch_size).")
   flags.DEFINE_string("out", None, "Output folder (default: WORKDIR/samples).")
 
 
 def _check_flags() -> None:
   if not FLAGS.workdir:
     raise UserError("--workdir is required")
-  for name in ("num", "steps", "batch"):
+  for name in ("num", "steps"):
     value = getattr(FLAGS, name)
     if value is not None and value < (1 if name != "steps" else 0):
       raise UserError(f"--{name}={value} must be positive")

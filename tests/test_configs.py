@@ -230,3 +230,9 @@ def test_every_config_variant_validates_and_builds_on_1_2_and_8_devices(
           state.ema_params), where
   for m, selected, devices, field in NOT_DIVIDING:  # each listed exception still exists
     assert any(w.startswith(f"{m}:") and n == devices for w, n in refusals), (m, selected)
+
+
+def test_two_one_of_tokens_are_refused_not_dropped():
+  # toy2d once trained the first density of "rings,checkerboard" and dropped the second
+  with pytest.raises(ValueError, match="rings, checkerboard"):
+    _get_config("toy2d", "rings,checkerboard")

@@ -25,6 +25,9 @@ def _tiny(c) -> None:
 def get_config(variant: str = ""):
   tokens = default.parse_variant(variant, DENSITIES)
   names = [t for t in tokens if t != "tiny"] or ["8gaussians"]
+  if len(names) > 1:
+    raise ValueError(f"config variant {variant!r} names {len(names)} densities "
+                     f"({', '.join(names)}); one config trains one density")
   c = default.get_config()
   c.data.name = "toy2d"
   c.data.toy_density = names[0]

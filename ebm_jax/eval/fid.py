@@ -34,6 +34,7 @@ from ebm_jax.errors import UserError
 from ebm_jax.eval import inception, stats as stats_lib
 
 Log = Callable[[str], None]
+PAPERS_NUM = 10_000  # the fewest samples of the papers' protocol (10k-50k)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -134,10 +135,20 @@ def save_stats(path: str, s: Stats, **meta) -> None:
            **{k: np.asarray(v) for k, v in meta.items()})
 
 
+def _npz_names(path: str) -> list[str]:
+  if not os.path.isfile(path):
+    raise UserError(f"{path}: no such file (train, test, or an .npz of images or statistics)")
+  try:
+    with np.load(path) as f:
+      return list(f.files)
+  except (OSError, ValueError) as e:
+    raise UserError(f"{path}: cannot read it as .npz ({e})") from e
+
+
 def load_stats(path: str) -> Stats:
+  if not {"mu", "sigma"} <= set(_npz_names(path)):
+    raise UserError(f"{path}: not an FID statistics file (no 'mu' and 'sigma')")
   with np.load(path) as f:
-    if not {"mu", "sigma"} <= set(f.files):
-      raise UserError(f"{path}: not an FID statistics file (no 'mu' and 'sigma')")
     mu, sigma = np.asarray(f["mu"], np.float64), np.asarray(f["sigma"], np.float64)
     num = int(f["num"]) if "num" in f.files else 0
   if mu.shape != (inception.NUM_FEATURES,) or sigma.shape != (inception.NUM_FEATURES,) * 2:
@@ -149,14 +160,20 @@ def load_stats(path: str) -> Stats:
 def load_images(path: str) -> np.ndarray:
   """Images from an .npz: the array under 'images' (what `evaluate export` writes), 'samples'
   (what `sample` writes) or its only array."""
-  try:
-    with np.load(path) as f:
-      names = [k for k in ("images", "samples") if k in f.files] or f.files
-      if len(names) != 1 and not {"images", "samples"} & set(f.files):
-        raise UserError(f"{path}: holds {', '.join(f.files)}; put the images under 'images'")
-      return np.asarray(f[names[0]])
-  except (OSError, ValueError) as e:
-    raise UserError(f"{path}: cannot read it as .npz ({e})") from e
+  files = _npz_names(path)
+  names = [k for k in ("images", "samples") if k in files] or files
+  if len(names) != 1 and not {"images", "samples"} & set(files):
+    raise UserError(f"{path}: holds {', '.join(files)}; put the images under 'images'")
+  with np.load(path) as f:
+    return np.asarray(f[names[0]])
+
+
+def load_reference(path: str, net: "Network", *, log: Log | None = None) -> Stats:
+  """The statistics of an .npz: stored (mu, sigma), or computed from the images it holds."""
+  if "mu" in _npz_names(path):
+    return load_stats(path)
+  return statistics(net.features(load_images(path), log=log, what="reference"),
+                    log=log or logging.warning)
 
 
 def real_images(data: settings_lib.DataSettings, split: str, num: int = 0) -> np.ndarray:
@@ -189,3 +206,51 @@ def reference_stats(net: Network, data: settings_lib.DataSettings, split: str, n
   s = statistics(net.features(images, log=log, what=f"{data.name} {split}"))
   save_stats(path, s, dataset=data.name, split=split)
   return s
+
+
+def data_settings(name: str, path: str = "", image_size: int = 0,
+                  channels: int = 0) -> settings_lib.DataSettings:
+  """A dataset by name: the offline sets at their native size unless given, a tfds set at the
+  image_size and channels given (the size the samples were generated at)."""
+  from ebm_jax.eval import features  # pylint: disable=import-outside-toplevel
+  if name in features.DATASETS:
+    return features.data_config(name, path, image_size, channels)
+  if not (image_size and channels):
+    raise UserError(f"fid: --data={name} needs --image_size and --channels (the size the "
+                    "samples were generated at)")
+  from ebm_jax.configs import default  # pylint: disable=import-outside-toplevel
+  return data_lib.as_settings(default.get_config().data, name=name, path=path,
+                              image_size=image_size, channels=channels)
+
+
+def images_of(samples: str, data: settings_lib.DataSettings | None,
+              num: int) -> tuple[np.ndarray, str]:
+  """(up to `num` images, what they are) of `samples`: train or test (a split of `data`, as
+  8-bit images) or an .npz file."""
+  if samples in ("train", "test"):
+    split = "train" if samples == "train" else data_lib.test_split(data.name)
+    return real_images(data, split, num), f"{data.name} {samples}"
+  return load_images(samples)[:num], "samples"
+
+
+def score(net: Network, images: np.ndarray, *, what: str, data, ref: str, ref_num: int,
+          cache_dir: str, stats_out: str | None = None, log: Log = print) -> dict:
+  """The FID of `images` against `ref` (train or test: a split of `data`, statistics cached;
+  or an .npz of images or statistics), with the counts, times and, below the papers' 10,000
+  images, a note that the figure is not comparable with theirs; `stats_out`: where to write
+  the statistics of `images`."""
+  start = time.time()
+  ours = statistics(net.features(images, log=log, what=what), log=log)
+  if stats_out:
+    save_stats(stats_out, ours)
+  if ref in ("train", "test"):
+    reference = reference_stats(net, data, ref, ref_num, cache_dir, log=log)
+  else:
+    reference = load_reference(ref, net, log=log)
+  result = {"ref": ref, "fid": fid(ours, reference), "num_samples": ours.num,
+            "num_ref": reference.num, "features_s": round(time.time() - start),
+            "network": "TF Inception-v3 2015-12-05, pool3 (eval/inception.py)"}
+  if ours.num < PAPERS_NUM or reference.num < PAPERS_NUM:
+    result["note"] = (f"fewer than {PAPERS_NUM} images on a side: the FID is biased upwards "
+                      "(the more, the fewer the images) and not comparable with papers'")
+  return result

@@ -188,10 +188,12 @@ def check_settings(chains: int, temperatures: int, step_size: float | None,
 
 def evaluate(run, *, num: int, chains: int, temperatures: int, sampler: str,
              step_size: float | None, leapfrog_steps: int, temperature: float = 1.0,
-             seed: int = 0, grid: int = 512) -> dict:
+             seed: int = 0, grid: int = 512, ais_stream: int | None = None) -> dict:
   """Held-out likelihood of a trained run (restore.Run) under its EMA parameters: AIS log Z and
   NLL (bits per dimension for images); for 2-D data also grid-integrated log Z and NLL, and the
-  true density's NLL on the same points where it has a closed form."""
+  true density's NLL on the same points where it has a closed form. `seed` picks the held-out
+  points and AIS's key; `ais_stream` folded into the key gives runs scored on the same points
+  AIS estimates independent of each other."""
   from ebm_jax import data as data_lib  # pylint: disable=import-outside-toplevel
   from ebm_jax.data import toy2d  # pylint: disable=import-outside-toplevel
   settings, info = run.settings, run.info
@@ -218,7 +220,9 @@ def evaluate(run, *, num: int, chains: int, temperatures: int, sampler: str,
                                 | (x.reshape(len(x), -1) > box[1]), axis=1)))
     raise UserError(f"{outside} of {len(x)} held-out points lie outside the box {box} on "
                     "which the density is defined")
-  r = ais(energy, shape, jax.random.key(seed), base=base, num_chains=chains,
+  key = jax.random.key(seed)
+  r = ais(energy, shape, key if ais_stream is None else jax.random.fold_in(key, ais_stream),
+          base=base, num_chains=chains,
           num_temperatures=temperatures, temperature=temperature, sampler=sampler,
           step_size=step_size, leapfrog_steps=leapfrog_steps, box=box)
   out = {"num": int(len(x)), "temperature": temperature, "box": box,

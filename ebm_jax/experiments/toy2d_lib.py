@@ -18,6 +18,7 @@ Regimes (configs/regimes.py; the 2-D sampler is textbook Langevin, Î» = 0.005, Ï
 import json
 import os
 import time
+import zlib
 from typing import Any, Callable
 
 import ml_collections
@@ -95,8 +96,10 @@ def regime_config(regime: str, density: str, steps: int, seed: int) -> ml_collec
   return c
 
 
-def run_one(config, workdir: str, *, chains: int, temperatures: int) -> dict:
-  """Trains (resuming) and scores one run; returns its row of results."""
+def run_one(config, workdir: str, *, chains: int, temperatures: int,
+            ais_stream: int | None = None) -> dict:
+  """Trains (resuming) and scores one run; returns its row of results. Runs of one seed share
+  the held-out points; `ais_stream` gives each its own AIS key."""
   from ebm_jax import train  # pylint: disable=import-outside-toplevel
   from ebm_jax.eval import likelihood  # pylint: disable=import-outside-toplevel
   t0 = time.time()
@@ -104,7 +107,8 @@ def run_one(config, workdir: str, *, chains: int, temperatures: int) -> dict:
   t1 = time.time()
   trained = restore.load(workdir)
   out = likelihood.evaluate(trained, num=2000, chains=chains, temperatures=temperatures,
-                            sampler="hmc", step_size=0.1, leapfrog_steps=5, seed=config.seed)
+                            sampler="hmc", step_size=0.1, leapfrog_steps=5, seed=config.seed,
+                            ais_stream=ais_stream)
   density = _grid_density(trained.energy_fn(), 128)
   np.save(os.path.join(workdir, "density_grid.npy"), density)
   return {**out, "step": trained.step, "train_seconds": t1 - t0, "eval_seconds": time.time() - t1}
@@ -221,7 +225,8 @@ def run_all(workdir: str, *, regime_names: list[str], densities: list[str], seed
                  "" if eta is None else f" (ETA {eta / 60:.0f} min)")
     config = regime_config(regime, density, steps, seed)
     result = {"regime": regime, "density": density, "seed": seed,
-              **run_one(config, run_dir, chains=chains, temperatures=temperatures)}
+              **run_one(config, run_dir, chains=chains, temperatures=temperatures,
+                        ais_stream=zlib.crc32(f"{regime}/{density}".encode()) & 0x7FFFFFFF)}
     files.write_text(done, json.dumps(result, indent=2))
     timed += 1
     results.setdefault(regime, {}).setdefault(density, []).append(result)

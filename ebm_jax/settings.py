@@ -115,6 +115,7 @@ class OptimSettings:
   eps: float
   grad_clip_norm: float
   ema_decay: float
+  ema_warmup: bool
 
 
 @dataclasses.dataclass(frozen=True)

@@ -273,6 +273,18 @@ def make_loss_fn(settings: settings_lib.Settings, model, neg: NegativePhase):
   return jem_loss
 
 
+def ema_decay(step, decay: float, warmup: bool):
+  """The EMA's decay at `step` (the update that makes step + 1): `decay`, or with the warm-up
+  min(decay, (1 + t)/(10 + t)) (TensorFlow's ExponentialMovingAverage with num_updates), under
+  which the initial weights' share of the EMA after t updates is Π_{s<t} (1 + s)/(10 + s) =
+  9!·t!/(t + 9)! (1e-5 after 10 updates) instead of decayᵗ (90 % after 100 at 0.999). A function of
+  the step alone, so resuming stays exact."""
+  if not warmup:
+    return decay
+  t = jnp.asarray(step, jnp.float32)
+  return jnp.minimum(decay, (1.0 + t) / (10.0 + t))
+
+
 def make_update(settings: settings_lib.Settings, model, tx: optax.GradientTransformation):
   """Returns update(state, neg) -> (state, metrics, negatives[:NUM_GRID]): steps 4-5 of
   docs/algorithm.md (loss, gradient, clip + Adam, EMA, divergence guard) after a negative phase."""
@@ -283,7 +295,8 @@ def make_update(settings: settings_lib.Settings, model, tx: optax.GradientTransf
     updates, opt_state = tx.update(grads, state.opt_state, state.params)
     updates = jax.tree.map(lambda u: u * state.lr_scale, updates)  # guard.lr_factor^rollbacks
     params = optax.apply_updates(state.params, updates)
-    ema = optax.incremental_update(params, state.ema_params, 1.0 - settings.optim.ema_decay)
+    decay = ema_decay(state.step, settings.optim.ema_decay, settings.optim.ema_warmup)
+    ema = optax.incremental_update(params, state.ema_params, 1.0 - decay)
 
     e_pos, e_neg = aux["e_pos"].mean(), aux["e_neg"].mean()
     metrics = {

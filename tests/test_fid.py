@@ -132,8 +132,10 @@ def test_evaluate_fid_command(tmp_path, digits_workdir):
              f"--save_stats={tmp_path / 'a_stats.npz'}", *common],
       "ab_stats": ["fid", f"--samples={tmp_path / 'b.npz'}",
                    f"--ref={tmp_path / 'a_stats.npz'}", *common],
-      "run": ["fid", f"--workdir={digits_workdir}", "--num=12", "--ref=test", *common],
-      "run_again": ["fid", f"--workdir={digits_workdir}", "--num=12", "--ref=test", *common],
+      "run": ["fid", f"--workdir={digits_workdir}", "--num=12", "--ref=test", "--ref_num=30",
+              *common],
+      "run_again": ["fid", f"--workdir={digits_workdir}", "--num=12", "--ref=test",
+                    "--ref_num=30", *common],
       "both": ["fid", f"--workdir={digits_workdir}", f"--samples={tmp_path / 'a.npz'}",
                *common],
       "no_data": ["fid", "--samples=train", *common],
@@ -153,7 +155,7 @@ def test_evaluate_fid_command(tmp_path, digits_workdir):
   assert out["ab"]["fid"] > 0
   assert out["ab_stats"]["fid"] == pytest.approx(out["ab"]["fid"], rel=1e-9)  # symmetric
   assert out["run"]["num_samples"] == 12 and out["run"]["step"] == 40
-  assert out["run"]["num_ref"] == out["run_again"]["num_ref"] > 12  # the whole held-out split
+  assert out["run"]["num_ref"] == out["run_again"]["num_ref"] == 30
   assert out["run_again"]["fid"] == pytest.approx(out["run"]["fid"], rel=1e-9)
   assert os.listdir(os.path.join(cache, "fid_stats"))  # computed once, then read
   assert "FID features of samples: 12/12" in results["run"]["stdout"]

@@ -152,6 +152,9 @@ def get_config(variant: str = "") -> ml_collections.ConfigDict:
   c.optim.eps = 1e-8  # ref §4
   c.optim.grad_clip_norm = 0.5  # global-norm clip; ref §4 (0 = off)
   c.optim.ema_decay = 0.999  # paper §3.1 ("EMA weight of 0.999"); the code uses 0.99
+  # Decay warm-up min(ema_decay, (1 + t)/(10 + t)) (step.ema_decay): without it the EMA keeps
+  # ema_decay^t of the initial weights (37 % after 1,000 steps at 0.999).
+  c.optim.ema_warmup = False
 
   # ---------------------------------------------------------------- training loop
   c.train = ml_collections.ConfigDict()

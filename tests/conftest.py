@@ -64,7 +64,7 @@ def write_fake_fashion_mnist(folder: str) -> str:
   return folder
 
 
-def write_random_inception_weights(path: str) -> None:
+def write_random_inception_weights(path: str, seed: int = 0) -> None:
   """An .npz of the FID network's shapes with random values (kernels normal / √fan-in,
   batch-norm means and β zero, variances one): a working network, not the reference one."""
   import jax  # pylint: disable=import-outside-toplevel
@@ -72,7 +72,7 @@ def write_random_inception_weights(path: str) -> None:
   from ebm_jax.eval import inception  # pylint: disable=import-outside-toplevel
   params = jax.eval_shape(lambda: inception.InceptionV3().init(
       jax.random.key(0), jnp.zeros((1, 299, 299, 3))))["params"]
-  rng = np.random.default_rng(0)
+  rng = np.random.default_rng(seed)
   arrays = {}
   for p, leaf in jax.tree.leaves_with_path(params):
     key = "/".join(k.key for k in p)

@@ -117,8 +117,9 @@ def test_weight_files_are_checked(tmp_path):
 
 
 def test_evaluate_fid_command(tmp_path, digits_workdir):
-  weights = str(tmp_path / "w.npz")
+  weights, other = str(tmp_path / "w.npz"), str(tmp_path / "other.npz")
   write_random_inception_weights(weights)
+  write_random_inception_weights(other, seed=1)
   rng = np.random.default_rng(0)
   a = rng.integers(0, 256, (12, 8, 8, 1)).astype(np.uint8)
   b = (rng.uniform(size=(10, 8, 8, 1)) ** 3).astype(np.float32)
@@ -136,6 +137,9 @@ def test_evaluate_fid_command(tmp_path, digits_workdir):
               *common],
       "run_again": ["fid", f"--workdir={digits_workdir}", "--num=12", "--ref=test",
                     "--ref_num=30", *common],
+      "other_weights": ["fid", f"--workdir={digits_workdir}", "--num=12", "--ref=test",
+                        "--ref_num=30", f"--inception={other}", f"--cache_dir={cache}",
+                        "--batch=8", "--fid_batch=8"],
       "both": ["fid", f"--workdir={digits_workdir}", f"--samples={tmp_path / 'a.npz'}",
                *common],
       "no_data": ["fid", "--samples=train", *common],
@@ -149,7 +153,7 @@ def test_evaluate_fid_command(tmp_path, digits_workdir):
                                                 "XLA_FLAGS": cli.CPU_XLA_FLAGS})))
   out = {k: json.loads(r["stdout"][r["stdout"].index("{"):]) for k, r in results.items()
          if r["code"] == 0}
-  assert set(out) == {"aa", "ab", "ab_stats", "run", "run_again"}, {
+  assert set(out) == {"aa", "ab", "ab_stats", "run", "run_again", "other_weights"}, {
       k: r["stderr"][-800:] for k, r in results.items() if k not in out}
   assert abs(out["aa"]["fid"]) < 1e-6 * max(1.0, out["ab"]["fid"])
   assert out["ab"]["fid"] > 0
@@ -157,7 +161,9 @@ def test_evaluate_fid_command(tmp_path, digits_workdir):
   assert out["run"]["num_samples"] == 12 and out["run"]["step"] == 40
   assert out["run"]["num_ref"] == out["run_again"]["num_ref"] == 30
   assert out["run_again"]["fid"] == pytest.approx(out["run"]["fid"], rel=1e-9)
-  assert os.listdir(os.path.join(cache, "fid_stats"))  # computed once, then read
+  # computed once per weights, then read
+  assert len(os.listdir(os.path.join(cache, "fid_stats"))) == 2
+  assert out["other_weights"]["fid"] != out["run"]["fid"]
   assert "FID features of samples: 12/12" in results["run"]["stdout"]
   assert "fewer than the 2049" in results["aa"]["stdout"] + results["aa"]["stderr"]
   assert "not both" in results["both"]["stderr"]

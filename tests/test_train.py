@@ -291,7 +291,9 @@ def test_quality_hook_logs_sample_quality_at_its_steps(tmp_path, monkeypatch):
                     eval__classifier_steps=30, eval__fid=True, eval__fid_num=12)
   # the test split's statistics as if cached by an earlier run (its features cost minutes at
   # the suite's -O0): the hook must read them, not recompute them
-  ref = fid.stats_cache_path(str(tmp_path / "cache"), data_lib.as_settings(cfg.data), "test", 0)
+  weights = inception.load_params(str(tmp_path / "cache" / inception.WEIGHTS_NAME))
+  ref = fid.stats_cache_path(str(tmp_path / "cache"), data_lib.as_settings(cfg.data), "test", 0,
+                             fid.Network(weights, batch=1).fingerprint)
   rng = np.random.default_rng(0)
   fid.save_stats(ref, fid.Stats(rng.normal(size=2048), np.eye(2048), 297))
   train.train_and_evaluate(cfg, str(tmp_path / "run"))

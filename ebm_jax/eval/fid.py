@@ -15,6 +15,7 @@ still be compared with each other.
 
 import dataclasses
 import functools
+import hashlib
 import importlib.util
 import os
 import subprocess
@@ -55,6 +56,10 @@ class Network:
     self.batch = max(ndev, -(-int(batch) // ndev) * ndev)
     self.params = jax.device_put(params, sharding.replicated(self.mesh))
     self._apply = _compiled_apply(self.mesh)
+    digest = hashlib.sha1()
+    for leaf in jax.tree.leaves(params):  # which weights: part of the statistics' cache key
+      digest.update(np.asarray(leaf).tobytes()[:4096])
+    self.fingerprint = digest.hexdigest()[:10]
 
   def features(self, images: np.ndarray, *, log: Log | None = None,
                what: str = "images") -> np.ndarray:
@@ -188,9 +193,13 @@ def real_images(data: settings_lib.DataSettings, split: str, num: int = 0) -> np
   return np.round(x.astype(np.float64) * 255.0 / (info.levels - 1)).astype(np.uint8)
 
 
-def stats_cache_path(cache_dir: str, data: settings_lib.DataSettings, split: str,
-                     num: int) -> str:
-  name = f"{data.name}_{split}_{data.image_size}px_{data.channels}ch_{num or 'all'}.npz"
+def stats_cache_path(cache_dir: str, data: settings_lib.DataSettings, split: str, num: int,
+                     fingerprint: str) -> str:
+  """Where the statistics of a split are cached: one file per dataset (and data.path), split,
+  image size, count and FID weights (their fingerprint)."""
+  source = f"_{hashlib.sha1(data.path.encode()).hexdigest()[:8]}" if data.path else ""
+  name = (f"{data.name}{source}_{split}_{data.image_size}px_{data.channels}ch_"
+          f"{num or 'all'}_{fingerprint}.npz")
   return os.path.join(cache_dir, "fid_stats", name)
 
 
@@ -199,7 +208,7 @@ def reference_stats(net: Network, data: settings_lib.DataSettings, split: str, n
   """Statistics of `num` images of a split (0, or more than it holds: all of it), computed once
   and cached."""
   split = data_lib.test_split(data.name) if split == "test" else split
-  path = stats_cache_path(cache_dir, data, split, num)
+  path = stats_cache_path(cache_dir, data, split, num, net.fingerprint)
   if os.path.exists(path):
     return load_stats(path)
   images = real_images(data, split, num)

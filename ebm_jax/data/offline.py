@@ -13,6 +13,7 @@ from typing import TYPE_CHECKING
 import numpy as np
 
 from ebm_jax.errors import DataError
+from ebm_jax.data.base import IDX_DATASETS
 from ebm_jax.data.images import _Arrays
 from ebm_jax.data.shapes import SHAPE_ATTRIBUTES, _SHAPES_SIZE, _shapes_arrays
 
@@ -51,7 +52,7 @@ def _offline_size(cfg: settings_lib.DataSettings, split: str) -> int:
   if cfg.name == "shapes":
     _check_split("shapes", split, tuple(_SHAPES_SIZE))
     return _SHAPES_SIZE[split]
-  if cfg.name in ("fashion_mnist", "mnist"):
+  if cfg.name in IDX_DATASETS:
     _check_split(cfg.name, split, tuple(_IDX_PREFIX))
     images_file, _ = _idx_files(cfg.name, cfg.path, split)
     with gzip.open(images_file, "rb") as f:  # the IDX header holds the count
@@ -63,7 +64,7 @@ def _offline_arrays(cfg: settings_lib.DataSettings, split: str) -> _Arrays:
   if cfg.name == "digits":
     _check_split("digits", split, ("train", "test"))
     return _digits_arrays(split)
-  if cfg.name in ("fashion_mnist", "mnist"):
+  if cfg.name in IDX_DATASETS:
     _check_split(cfg.name, split, tuple(_IDX_PREFIX))
     return _idx_arrays(cfg.name, *_idx_files(cfg.name, cfg.path, split))
   _check_split("shapes", split, tuple(_SHAPES_SIZE))

@@ -106,6 +106,10 @@ def validate(config: ml_collections.ConfigDict, num_devices: int = 1) -> None:
           f"cannot be used with langevin.sampler='{lv.sampler}': differentiating the chain "
           f"through {name}'s accept/reject drops the dependence of the acceptance on the "
           "parameters; use langevin.sampler='ula' or loss.kl_all_steps=False")
+    for field, lam in (("langevin.step_size", lv.step_size),
+                       ("sample.step_size", config.sample.step_size if config.sample.step_size > 0
+                        else lv.step_size)):
+      langevin.check_metropolis_temperature(lv.sampler, lam, lv.noise_scale, field)
   if lv.sampler == "hmc":
     check(lv.grad_clip == 0, "langevin.grad_clip",
           "must be 0 with langevin.sampler='hmc' (HMC's leapfrog needs the exact gradient)")
@@ -155,7 +159,12 @@ def validate(config: ml_collections.ConfigDict, num_devices: int = 1) -> None:
   check(config.eval.classifier_steps >= 1, "eval.classifier_steps", "must be at least 1")
   check(config.eval.fid_num >= 2, "eval.fid_num", "must be at least 2")
   check(config.sample.batch_size >= 1, "sample.batch_size", "must be at least 1")
-  if config.data.name == "toy2d":
-    check(config.model.name == "mlp", "model.name", "toy2d data needs the 'mlp' energy")
+  if config.data.name in data.POINT_DATASETS:
+    name = config.data.name
+    check(config.model.name == "mlp", "model.name", f"{name} data needs the 'mlp' energy")
     check(config.buffer.storage == "float32", "buffer.storage",
-          "toy2d data is not 8-bit images; use 'float32'")
+          f"{name} data is not 8-bit images; use 'float32'")
+    check(not config.langevin.clip_x, "langevin.clip_x",
+          f"{name} data is not in [0, 1]: set langevin.clip_x=False")
+  if config.data.name == "points":
+    data.toy2d.check_points_box(config.data.path, tuple(config.buffer.noise_range))

@@ -21,6 +21,12 @@ trajectories move further per accepted step. The box is a hard wall: the target 
 it (the trajectory may cross it, the proposal is rejected if it ends outside). A step costs
 leapfrog_steps + 1 energy gradients.
 
+Both decide on −ΔĒ/T computed in float32: each Ē carries a rounding error of up to |Ē|·2⁻²⁴,
+so at small T the decision is float rounding, not the target (at the image configs'
+T = 0.001²/(2·100) = 5·10⁻⁹ an energy of 10 is uncertain by ~100 nats). MALA and HMC are
+therefore refused below MIN_METROPOLIS_TEMPERATURE = 10⁻³, where energies up to |Ē| = 100 keep
+the error of the log-ratio below 0.012 nats (`check_metropolis_temperature`).
+
 Nothing here is logged: kernels return (state, info) and chains return the stacked infos.
 Kernels are differentiable functions of the energy's parameters, so the same code serves the
 stop-gradient training chain and the L_opt-through-all-steps ablation (paper A.4).
@@ -30,6 +36,8 @@ from typing import Callable, NamedTuple
 
 import jax
 import jax.numpy as jnp
+
+from ebm_jax.errors import UserError
 
 # energy_fn(x) -> (B, S) energies for a batch x; parameters are closed over.
 EnergyFn = Callable[[jax.Array], jax.Array]
@@ -47,6 +55,26 @@ class LangevinInfo(NamedTuple):
   accepted: jax.Array  # (B,) 1.0 where the step was taken (always, for unadjusted Langevin)
 
 SAMPLERS = ("ula", "mala", "hmc")
+MIN_METROPOLIS_TEMPERATURE = 1e-3  # module docstring
+
+
+def temperature(step_size: float, noise_scale: float) -> float:
+  """T = σ²/(2λ): the temperature of exp(−Ē/T) that a λ, σ step targets."""
+  return noise_scale ** 2 / (2.0 * step_size)
+
+
+def check_metropolis_temperature(sampler: str, step_size: float, noise_scale: float,
+                                 where: str = "langevin.step_size") -> None:
+  """Refuses MALA/HMC where float32 rounding of Ē, not the target, decides acceptance."""
+  if sampler not in ("mala", "hmc") or noise_scale <= 0:
+    return
+  t = temperature(step_size, noise_scale)
+  if t < MIN_METROPOLIS_TEMPERATURE:
+    raise UserError(
+        f"langevin.sampler={sampler!r} at T = sigma^2/(2 lambda) = {t:.3g} (lambda = {where} = "
+        f"{step_size:g}, sigma {noise_scale:g}): below T = {MIN_METROPOLIS_TEMPERATURE:g} float32 rounding of "
+        "the energy, not the target, decides the Metropolis test; use sampler='ula' or a "
+        "larger sigma^2 / (2 lambda)")
 
 
 def box(clip_x: bool) -> "XRange":
@@ -106,6 +134,7 @@ def build_kernel(energy_fn: EnergyFn, step_size: float, grad_clip: float = 0.0,
 def kernel(energy_fn: EnergyFn, chain):
   """build_kernel for a `settings.ChainSettings`: the one way a chain's settings become its
   kernel (training chain, the loss's x̂ replay, the test-time sampler)."""
+  check_metropolis_temperature(chain.sampler, chain.step_size, chain.noise_scale)
   return build_kernel(energy_fn, chain.step_size, chain.grad_clip, box(chain.clip_x),
                       chain.sampler, chain.leapfrog_steps)
 

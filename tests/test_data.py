@@ -268,8 +268,30 @@ def test_toy2d_samples():
   moons = next(data.make_stream(_cfg(name="toy2d", toy_density="two_moons"), batch_size=100,
                                 seed=0))["image"]
   assert moons.shape == (100, 2) and np.all(np.abs(moons) < 3)
-  with pytest.raises(NotImplementedError):
-    data.toy2d_log_density("two_moons", moons)
+
+
+def test_two_moons_density_by_quadrature_is_normalised_and_matches_the_sampler():
+  # ∫ p = 1 on a 256 × 256 midpoint grid of [−4, 4]² (where all the mass lies)
+  h = 8 / 256
+  c = -4 + h * (np.arange(256) + 0.5)
+  grid = np.stack(np.meshgrid(c, c, indexing="ij"), -1)
+  log_p = data.toy2d_log_density("two_moons", grid)
+  assert abs(np.exp(log_p).sum() * h * h - 1) < 1e-4
+  # the draws' histogram against the density's mass per cell (24 × 24 cells of [−3, 3]²)
+  x = data.sample_toy2d("two_moons", 400_000, np.random.default_rng(0))
+  edges = np.linspace(-3, 3, 25)
+  counts, _, _ = np.histogram2d(x[:, 0], x[:, 1], bins=[edges, edges])
+  fine = 4  # each cell's mass by a 4 × 4 midpoint rule
+  w = 6 / 24 / fine
+  f = -3 + w * (np.arange(24 * fine) + 0.5)
+  mass = np.exp(data.toy2d_log_density(
+      "two_moons", np.stack(np.meshgrid(f, f, indexing="ij"), -1))) * w * w
+  mass = mass.reshape(24, fine, 24, fine).sum((1, 3))
+  expected = mass * len(x)
+  busy = expected > 500
+  assert busy.sum() > 50
+  z = (counts[busy] - expected[busy]) / np.sqrt(expected[busy])
+  assert np.abs(z).max() < 5 and abs(np.mean(z ** 2) - 1) < 0.5, (np.abs(z).max(), np.mean(z ** 2))
 
 
 def test_toy2d_resume_and_seeds():

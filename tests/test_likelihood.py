@@ -71,6 +71,43 @@ def test_ais_recovers_the_log_normaliser_of_a_64_dimensional_gaussian():
   assert r.ess > 50 and 0.5 < r.accept_rate <= 1.0
 
 
+def _product_of_mixtures(d, centres=(0.3, 0.7), s=0.15):
+  """E of Π_i ½[N(x_i; c₀, s²) + N(x_i; c₁, s²)] (2^d modes) and its exact log Z on [0, 1]^d."""
+  def energy(x):
+    z = [-0.5 * ((x - c) / s) ** 2 for c in centres]
+    return -jnp.sum(jnp.logaddexp(*z) - jnp.log(2 * s * jnp.sqrt(2 * jnp.pi)), axis=-1)
+
+  mass = np.mean([stats.norm.cdf((1 - c) / s) - stats.norm.cdf(-c / s) for c in centres])
+  return energy, d * np.log(mass)
+
+
+def test_ais_with_its_defaults_recovers_log_z_of_a_64_dimensional_multimodal_energy_in_a_box():
+  energy, exact = _product_of_mixtures(64)
+  r = likelihood.ais(energy, (64,), jax.random.key(0), base=likelihood.Base("uniform", 0, 1),
+                     box=(0.0, 1.0))
+  err = r.log_z - exact
+  assert abs(err) < 0.1 and abs(err) < 3 * r.stderr, (err, r.stderr, r.ess)
+  # the step adapted from its start (0.05, accepted ~25 % here) to the target acceptance
+  assert abs(r.accept_rate - likelihood.TARGET_ACCEPT["hmc"]) < 0.03, r.accept_rate
+  assert r.final_step_size < 0.02 and r.ess > 0.1 * r.num_chains, r
+
+
+def test_ais_warns_when_a_forced_step_leaves_too_few_effective_chains(caplog):
+  energy, exact = _product_of_mixtures(64)
+  with caplog.at_level("WARNING"):
+    r = likelihood.ais(energy, (64,), jax.random.key(0), base=likelihood.Base("uniform", 0, 1),
+                       box=(0.0, 1.0), num_chains=128, num_temperatures=500, step_size=0.2,
+                       adapt=False, sampler="mala")
+  assert r.accept_rate < 0.1 and r.final_step_size == pytest.approx(0.2)
+  assert "not to be trusted" in caplog.text, caplog.text
+  assert abs(r.log_z - exact) > 0.5  # what the warning is for: the estimate is far off
+  caplog.clear()
+  with caplog.at_level("WARNING"):  # the same budget, adapted: no warning is due
+    r = likelihood.ais(energy, (8,), jax.random.key(0), base=likelihood.Base("uniform", 0, 1),
+                       box=(0.0, 1.0), num_chains=128, num_temperatures=500, sampler="mala")
+  assert r.ess > 0.1 * r.num_chains and "not to be trusted" not in caplog.text
+
+
 def test_grid_and_ais_agree_on_a_multimodal_2d_energy_in_a_box():
   # An 8-mode mixture wholly inside [−4, 4]²: log Z in closed form (the mixture is normalised).
   angles = 2 * np.pi * np.arange(8) / 8
@@ -135,7 +172,7 @@ def test_the_2d_regime_runner_writes_its_table_and_resumes(tmp_path):
   nll_table = table.split("| regime | what changes |")[0]
   rows = {line.split("|")[1].strip(): line for line in nll_table.splitlines()
           if line.startswith("|")}
-  assert "(" in rows["icd"] and "(" in rows["hmc"] and "–" in rows["no_kl"]  # run / not run
+  assert "AIS" in rows["icd"] and "AIS" in rows["hmc"] and "–" in rows["no_kl"]  # run / not
   assert rows["*truth (floor)*"].count("2.337") == 1  # rings' exact NLL on the held-out draws
   for name in ("toy2d.md", "toy2d.json", "densities.png"):
     assert (tmp_path / name).exists()

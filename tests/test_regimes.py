@@ -52,6 +52,43 @@ def _run(sampler: str, step_size: float, noise: float, *, n=4000, steps=300, x0=
   return np.asarray(state.x[:, 0]), np.asarray(infos.accepted)
 
 
+def _metropolis_energy_shift(temperature: float) -> float:
+  """max |ΔĒ|/T over a batch when x moves by one float32 ulp: the part of the Metropolis
+  log-ratio that is float rounding, for an MLP energy of magnitude ~10 (as trained nets give)."""
+  from ebm_jax.models.nets import MLPEnergy  # pylint: disable=import-outside-toplevel
+  net = MLPEnergy(hidden=(64, 64))
+  x = jax.random.uniform(jax.random.key(1), (256, 2), minval=-2.0, maxval=2.0)
+  params = net.init(jax.random.key(0), x)
+  energy = jax.jit(lambda z: net.apply(params, z)[:, 0] + 10.0)
+  nudged = jnp.nextafter(x, jnp.full_like(x, jnp.inf))
+  return float(jnp.max(jnp.abs(energy(nudged) - energy(x)))) / temperature
+
+
+def test_metropolis_decisions_are_not_float_rounding_where_mala_and_hmc_are_allowed():
+  # toy2d's T = 1 and the lowest allowed T: one ulp moves the log-ratio by far less than a nat
+  toy = _config("toy2d", "rings", **{"langevin.sampler": "mala"})
+  t_toy = langevin.temperature(toy.langevin.step_size, toy.langevin.noise_scale)
+  assert t_toy == pytest.approx(1.0)
+  for t in (t_toy, langevin.MIN_METROPOLIS_TEMPERATURE):
+    assert _metropolis_energy_shift(t) < 0.02, t
+  # the image configs' T = 0.001² / (2·100) = 5e-9: rounding alone moves it by many nats …
+  image = _config("cifar10", "", **{"langevin.sampler": "mala", "data.name": "shapes"})
+  t_image = langevin.temperature(image.langevin.step_size, image.langevin.noise_scale)
+  assert t_image == pytest.approx(5e-9) and _metropolis_energy_shift(t_image) > 10
+  # … so MALA and HMC are refused there, in training and at test time, with one clear line
+  from ebm_jax import config_lib  # pylint: disable=import-outside-toplevel
+  for sampler in ("mala", "hmc"):
+    image.langevin.sampler = sampler
+    with pytest.raises(config_lib.UserError, match="float32 rounding"):
+      config_lib.validate(image)
+  toy.sample.step_size = 1e4  # the test-time λ alone puts T at 5e-5
+  with pytest.raises(config_lib.UserError, match="sample.step_size"):
+    config_lib.validate(toy)
+  chain = settings_lib.ChainSettings(step_size=100.0, noise_scale=0.001, sampler="hmc")
+  with pytest.raises(config_lib.UserError, match="float32 rounding"):
+    langevin.kernel(lambda z: jnp.zeros((z.shape[0], 1)), chain)
+
+
 def test_mala_accepts_small_steps_and_rejects_huge_ones():
   # sigma^2 = 2 lambda: the target is exp(-E), N(0.5, 1)
   _, small = _run("mala", 1e-4, np.sqrt(2e-4), n=500, steps=50)

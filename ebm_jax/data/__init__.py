@@ -17,6 +17,8 @@ stream was started, so training resumes exactly after preemption:
     process with the same global batch does. Starting at s costs one permutation, O(N).
   * toy2d: i.i.d. samples; the global batch of step s is drawn from
     `np.random.default_rng([seed, s])` and split the same way.
+  * points (a user's (N, 2) array in data.path=FILE.npz): rows of the train split drawn with
+    replacement by `np.random.default_rng([seed, s])`, split the same way.
   * tensorflow-datasets: a deterministic tf.data pipeline over the process's even split
     (repeat -> seeded shuffle -> skip(s·b) -> decode -> batch); the skip runs over still-encoded
     records, so it is cheap compared with decoding.
@@ -41,14 +43,15 @@ if TYPE_CHECKING:
 Batch = dict[str, np.ndarray]
 
 # The public names of ebm_jax.data; each source lives in a module of its own.
-__all__ = ["DATASETS", "OFFLINE_DATASETS", "TFDS_NAMES", "FASHION_MNIST_CLASSES",
+__all__ = ["DATASETS", "OFFLINE_DATASETS", "POINT_DATASETS", "TFDS_NAMES", "FASHION_MNIST_CLASSES",
            "FASHION_MNIST_DIR", "SHAPE_ATTRIBUTES", "SHAPES", "SHAPE_COLORS", "SIZES", "POSITIONS",
            "TOY_DENSITIES", "Batch",
            "DataError", "DatasetInfo", "convert_channels", "get_info", "load_arrays",
            "from_tfds", "make_stream", "render_shape", "resize_images", "sample_toy2d",
            "toy2d_log_density"]
 
-from ebm_jax.data.base import (DATASETS, OFFLINE_DATASETS, TFDS_NAMES, DatasetInfo, from_tfds,
+from ebm_jax.data.base import (DATASETS, OFFLINE_DATASETS, POINT_DATASETS, TFDS_NAMES,
+                               DatasetInfo, from_tfds,
                                _check_config, _check_process, _select_attribute)
 from ebm_jax.data.held_out import as_settings, test_split, to_unit
 from ebm_jax.data.images import _array_batch, _array_stream, convert_channels, resize_images
@@ -57,7 +60,8 @@ from ebm_jax.data.offline import (FASHION_MNIST_CLASSES, FASHION_MNIST_DIR, _off
 from ebm_jax.data.shapes import (POSITIONS, SHAPE_ATTRIBUTES, SHAPE_COLORS, SHAPES, SIZES,
                                  render_shape)
 from ebm_jax.data.tfds import _tfds_iterate, _tfds_open, _tfds_pipeline
-from ebm_jax.data.toy2d import TOY_DENSITIES, _toy_stream, sample_toy2d, toy2d_log_density
+from ebm_jax.data.toy2d import (TOY_DENSITIES, _points_stream, _toy_stream, points_split,
+                                sample_toy2d, toy2d_log_density)
 
 # =================================================================== public entry points
 
@@ -84,6 +88,8 @@ def get_info(cfg: settings_lib.DataSettings, *, process_index: int = 0,
   _check_process(process_index, process_count)
   if cfg.name == "toy2d":
     return DatasetInfo("toy2d", (2,), 0, 0, -1, ())
+  if cfg.name == "points":
+    return DatasetInfo("points", (2,), 0, 0, len(points_split(cfg.path, cfg.split)), ())
   if from_tfds(cfg):
     return _tfds_open(cfg, cfg.split, process_index, process_count)[1]
   levels, attributes = _offline_meta(cfg.name)
@@ -125,6 +131,8 @@ def make_stream(cfg: settings_lib.DataSettings, *, batch_size: int, seed: int,
                      f"{start_step}, {seed}")
   if cfg.name == "toy2d":
     return _toy_stream(cfg, batch_size, seed, start_step, process_index, process_count)
+  if cfg.name == "points":
+    return _points_stream(cfg, batch_size, seed, start_step, process_index, process_count)
   if from_tfds(cfg):
     source, _ = _tfds_open(cfg, cfg.split, process_index, process_count)
     ds = _tfds_pipeline(source, cfg, batch_size=batch_size, seed=seed, skip=start_step *
@@ -160,6 +168,10 @@ def load_arrays(cfg: settings_lib.DataSettings, n: int, *, split: str | None = N
   split = cfg.split if split is None else split
   if cfg.name == "toy2d":
     return next(_toy_stream(cfg, n, seed, 0, 0))
+  if cfg.name == "points":
+    x = points_split(cfg.path, split)
+    order = np.random.default_rng([seed, 0]).permutation(len(x))[:n]
+    return {"image": x[order], "label": np.zeros((len(order), 0), np.float32)}
   if from_tfds(cfg):
     source, _ = _tfds_open(cfg, split, 0, 1)
     ds = _tfds_pipeline(source, cfg, batch_size=n, seed=seed, skip=0, repeat=False,

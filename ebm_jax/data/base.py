@@ -9,7 +9,7 @@ from collections.abc import Mapping
 from typing import TYPE_CHECKING
 
 from ebm_jax.errors import DataError
-from ebm_jax.data.toy2d import TOY_DENSITIES
+from ebm_jax.data.toy2d import TOY_DENSITIES, load_points
 
 if TYPE_CHECKING:
   from ebm_jax import settings as settings_lib
@@ -37,7 +37,8 @@ class DatasetInfo:
   class_names: tuple[str, ...]
 
 
-OFFLINE_DATASETS = ("digits", "fashion_mnist", "shapes", "toy2d")
+OFFLINE_DATASETS = ("digits", "fashion_mnist", "shapes", "toy2d", "points")
+POINT_DATASETS = ("toy2d", "points")  # 2-D float data: the mlp energy, float32 buffer
 # data.name -> tensorflow-datasets name.
 TFDS_NAMES = {
     "cifar10": "cifar10",
@@ -70,6 +71,11 @@ def _check_config(cfg: settings_lib.DataSettings) -> None:
       raise DataError(f"data.toy_density={cfg.toy_density!r} is not one of {TOY_DENSITIES}")
     if cfg.attribute:
       raise DataError("toy2d is unconditional: set --config.data.attribute=''")
+    return
+  if cfg.name == "points":
+    if cfg.attribute:
+      raise DataError("points are unconditional: set --config.data.attribute=''")
+    load_points(cfg.path)
     return
   if cfg.channels not in (1, 3):
     raise DataError(f"data.channels={cfg.channels} must be 1 (grey) or 3 (RGB)")

@@ -78,13 +78,14 @@ def _apply_logits(module):
 
 
 def classifier_key(data_cfg: settings_lib.DataSettings, attribute: str) -> str:
-  if data_cfg.name == "toy2d":
+  if data_cfg.name in data_lib.POINT_DATASETS:
     raise UserError("the feature classifier needs an image dataset with labels; "
-                               "data.name=toy2d has none")
+                    f"data.name={data_cfg.name} has none")
   if data_cfg.name in data_lib.TFDS_NAMES:
+    images = [n for n in data_lib.OFFLINE_DATASETS if n not in data_lib.POINT_DATASETS]
     raise UserError(
         f"data.name={data_cfg.name}: the project's feature classifier is for offline datasets "
-        f"({', '.join(data_lib.OFFLINE_DATASETS[:-1])}); for tfds datasets use `export` and an "
+        f"({', '.join(images)}); for tfds datasets use `export` and an "
         "FID tool (README, 'Inspecting a run')")
   attribute = attribute or ("shape" if data_cfg.name == "shapes" else "class")
   return (f"{data_cfg.name}_{attribute}_{data_cfg.image_size}x{data_cfg.image_size}"

@@ -8,7 +8,7 @@ trained from `configs/toy2d.py:DENSITY` with the regime's changes and the same s
 The model's density exp(−E(x)) is normalised on the square [−4, 4]² (buffer.noise_range, where
 all the toy data lies): its log Z is integrated on a 512 × 512 grid (exact up to the grid) and
 estimated by AIS beside it (eval/likelihood.py), and the held-out NLL is scored on 2,000 fresh
-draws from the true density, whose own NLL (closed form, not for two_moons) is the floor.
+draws from the true density, whose own NLL (closed form; two_moons by quadrature) is the floor.
 WORKDIR/toy2d.md, toy2d.json and densities.png (the learned densities beside the data) are
 rewritten after every run; a rerun skips finished runs and resumes an interrupted one.
 
@@ -53,6 +53,16 @@ def _true_cd(c) -> None:
   regimes.apply_true_cd(c)
 
 
+def _true_cd_kl(c) -> None:
+  regimes.apply_true_cd(c)
+  regimes.apply_kl(c, "paper")
+
+
+def _true_cd_right_kl(c) -> None:
+  regimes.apply_true_cd(c)
+  regimes.apply_kl(c, "right")
+
+
 def _short_run(c) -> None:
   regimes.apply_short_run(c)
 
@@ -72,6 +82,9 @@ REGIMES: tuple[tuple[str, str, Callable[[Any], None] | None], ...] = (
     ("right_kl", "the critique's KL sign (loss.kl_form='right', §5.4.1)", _right_kl),
     ("igebm", "IGEBM: no KL, FIFO buffer, 5 % restarts, IGEBM's Adam", _igebm),
     ("true_cd", "true CD: chains start at data (critique §6.1), no KL", _true_cd),
+    ("true_cd_kl", "true CD with L_KL, the paper's sign", _true_cd_kl),
+    ("true_cd_right_kl", "true CD with L_KL, the critique's sign (§6.1's test)",
+     _true_cd_right_kl),
     ("short_run", "short-run chains from noise at every step, no KL", _short_run),
     ("mala", "full ICD loss, MALA chains", _mala),
     ("hmc", "full ICD loss, HMC chains (3 leapfrog steps)", _hmc),
@@ -130,37 +143,56 @@ def _grid_density(energy, n: int, lo: float = -4.0, hi: float = 4.0) -> np.ndarr
 
 def _true_grid(density: str, n: int = 128, lo: float = -4.0, hi: float = 4.0) -> np.ndarray:
   from ebm_jax.data import toy2d  # pylint: disable=import-outside-toplevel
-  pts = _grid_points(n, lo, hi)
-  try:
-    p = np.exp(toy2d.toy2d_log_density(density, pts)).reshape(n, n)
-  except NotImplementedError:  # a histogram of draws
-    x = toy2d.sample_toy2d(density, 200_000, np.random.default_rng(0))
-    edges = np.linspace(lo, hi, n + 1)
-    p, _, _ = np.histogram2d(x[:, 1], x[:, 0], bins=[edges, edges])
+  p = np.exp(toy2d.toy2d_log_density(density, _grid_points(n, lo, hi))).reshape(n, n)
   return p / p.sum()
 
 
+def _mean_se(values: list[float]) -> tuple[float, float]:
+  v = np.asarray(values, np.float64)
+  return float(v.mean()), float(v.std(ddof=1) / np.sqrt(len(v))) if len(v) > 1 else float("nan")
+
+
+def summary(results: dict, densities: list[str]) -> dict:
+  """{regime: {density: {nll, nll_se, ais, ais_se, seeds}}}: the grid NLL's mean over seeds and
+  its standard error across them; the AIS NLL's mean and the mean of the runs' own AIS errors."""
+  out: dict = {}
+  for name, _, _ in REGIMES:
+    for d in densities:
+      runs = results.get(name, {}).get(d, [])
+      if runs:
+        nll, nll_se = _mean_se([r["nll_grid"] for r in runs])
+        out.setdefault(name, {})[d] = {
+            "nll": nll, "nll_se": nll_se, "ais": float(np.mean([r["nll_ais"] for r in runs])),
+            "ais_se": float(np.mean([r["ais"]["stderr"] for r in runs])), "seeds": len(runs)}
+  truth = {}
+  for d in densities:
+    for name in out:
+      runs = results[name].get(d, [])
+      if runs and runs[0].get("nll_true") is not None:
+        truth[d] = float(np.mean([r["nll_true"] for r in runs]))
+  out["truth"] = truth
+  return out
+
+
 def markdown(results: dict, header: str, densities: list[str]) -> str:
-  lines = [header, "", "Held-out NLL in nats (2,000 fresh draws; lower is better): grid "
-           "integration, with the AIS estimate in brackets. The floor is the true density's "
-           "own NLL.", "",
+  s = summary(results, densities)
+  lines = [header, "", "Held-out NLL in nats (2,000 fresh draws per seed; lower is better): "
+           "grid integration, mean over seeds ± its standard error across them; beneath it, "
+           "the AIS estimate's mean ± the runs' mean reported AIS standard error. The floor is "
+           "the true density's own NLL (closed form; two moons by quadrature).", "",
            "| regime | " + " | ".join(densities) + " |", "|---|" + "---|" * len(densities)]
-  floor = {}
   for name, _, _ in REGIMES:
     cells = []
     for d in densities:
-      runs = results.get(name, {}).get(d, [])
-      if not runs:
+      c = s.get(name, {}).get(d)
+      if c is None:
         cells.append("–")
         continue
-      g = np.mean([r["nll_grid"] for r in runs])
-      a = np.mean([r["nll_ais"] for r in runs])
-      cells.append(f"{g:.3f} ({a:.3f})")
-      if runs[0].get("nll_true") is not None:
-        floor[d] = np.mean([r["nll_true"] for r in runs])
+      se = "" if np.isnan(c["nll_se"]) else f" ± {c['nll_se']:.3f}"
+      cells.append(f"**{c['nll']:.3f}**{se}<br>AIS {c['ais']:.3f} ± {c['ais_se']:.3f}")
     lines.append(f"| {name} | " + " | ".join(cells) + " |")
   lines.append("| *truth (floor)* | " + " | ".join(
-      f"{floor[d]:.3f}" if d in floor else "–" for d in densities) + " |")
+      f"{s['truth'][d]:.3f}" if d in s["truth"] else "–" for d in densities) + " |")
   lines += ["", "| regime | what changes |", "|---|---|"]
   lines += [f"| {n} | {t} |" for n, t, _ in REGIMES]
   return "\n".join(lines) + "\n"

@@ -59,9 +59,10 @@ def test_main_rejects_bad_configs_before_touching_the_workdir(tmp_path):
       (["--config.langevin.step_size=-1"], "langevin.step_size"),
       (["--config.langevin.noise_scale=-0.1"], "langevin.noise_scale"),
       (["--config.langevin.sampler=nuts"], "langevin.sampler"),
-      (["--config.langevin.sampler=hmc", "--config.langevin.leapfrog_steps=0"],
+      # (noise_scale 3.2: T = 3.2² / (2·5) ≈ 1 at the digits' λ, where HMC/MALA are allowed)
+      (["--config.langevin.sampler=hmc", "--config.langevin.leapfrog_steps=0", "--config.langevin.noise_scale=3.2"],
        "langevin.leapfrog_steps"),
-      (["--config.langevin.sampler=hmc", "--config.langevin.grad_clip=0.01"],
+      (["--config.langevin.sampler=hmc", "--config.langevin.grad_clip=0.01", "--config.langevin.noise_scale=3.2"],
        "langevin.grad_clip"),
       (["--config.optim.schedule=linear"], "optim.schedule"),
       (["--config.optim.name=sgd"], "optim.name"),
@@ -79,10 +80,11 @@ def test_main_rejects_bad_configs_before_touching_the_workdir(tmp_path):
       (["--config.eval.num=1"], "eval.num"),
       (["--config.augment.blur_kernel=4"], "augment.blur_kernel"),
       (["--config.guard.lr_factor=0"], "guard.lr_factor"),
-      (["--config.langevin.sampler=mala", "--config.loss.kl_all_steps=True"],
+      (["--config.langevin.sampler=mala", "--config.loss.kl_all_steps=True", "--config.langevin.noise_scale=3.2"],
        "loss.kl_all_steps"),
-      (["--config.langevin.sampler=hmc", "--config.loss.kl_all_steps=True"],
+      (["--config.langevin.sampler=hmc", "--config.loss.kl_all_steps=True", "--config.langevin.noise_scale=3.2"],
        "loss.kl_all_steps"),
+      (["--config.langevin.sampler=mala"], "float32 rounding"),  # the digits' T = 1e-7
       (["--config.buffer.per_device=True", "--config.loss.kl_all_steps=True",
         "--config.loss.kl_samples=4"], "loss.kl_all_steps"),
   ]

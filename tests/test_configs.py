@@ -29,6 +29,7 @@ import re
 
 import jax
 import ml_collections
+import numpy as np
 import pytest
 
 import ebm_jax.configs
@@ -60,7 +61,7 @@ VARIANT_TOKENS = {
     "true_cd": (("shortrun", "right_kl", "paper_kl", "digits", "elastic", "cpu"), ()),
     "shapes": (("cpu",), shapes.ATTRIBUTES),
     "celeba_attributes": ((), celeba_attributes.ATTRIBUTES),
-    "toy2d": ((), toy2d.DENSITIES),
+    "toy2d": ((), toy2d.KNOWN),
 }
 # Combinations get_config refuses (ValueError), by design.
 REFUSED = {"true_cd": [{"right_kl", "paper_kl"}, {"digits", "cpu"}]}
@@ -193,8 +194,10 @@ def _not_dividing(module: str, variant: str, n: int) -> str | None:
 
 
 def test_every_config_variant_validates_and_builds_on_1_2_and_8_devices(
-    mock_tfds, fashion_mnist_dir):
+    mock_tfds, fashion_mnist_dir, tmp_path):
   refusals = []
+  points = str(tmp_path / "points.npz")  # a user's own 2-D points (toy2d.py:points)
+  np.savez(points, points=np.random.default_rng(0).uniform(-3, 3, (100, 2)))
   for module, variant, refused in ALL:
     if refused:
       continue
@@ -202,6 +205,8 @@ def test_every_config_variant_validates_and_builds_on_1_2_and_8_devices(
     config = _get_config(module, variant)
     if config.data.name == "fashion_mnist":
       config.data.path = fashion_mnist_dir  # conftest's Fashion-MNIST-shaped IDX files
+    if config.data.name == "points":
+      config.data.path = points
     config.data.download = False  # tfds: never download (mock_data serves the examples)
     for n in DEVICES:
       field = _not_dividing(module, variant, n)
@@ -218,7 +223,7 @@ def test_every_config_variant_validates_and_builds_on_1_2_and_8_devices(
         info, state = _build(config, n)
       except (ValueError, UserError) as e:  # make_model, buffer.init, get_info (DataError)
         raise AssertionError(f"{where} on {n} device(s) does not build: {e}") from e
-      assert info.shape == ((2,) if config.data.name == "toy2d" else
+      assert info.shape == ((2,) if config.data.name in ("toy2d", "points") else
                             (config.data.image_size,) * 2 + (config.data.channels,)), where
       assert (info.num_classes > 0) == bool(config.data.attribute), where
       buf = state.buffer.data.shape

@@ -2,7 +2,7 @@
 exact (grid-integrated) held-out likelihood with AIS beside it; resumable.
 
   python -m ebm_jax.experiments.toy2d --workdir=runs/toy2d [--regimes=icd,no_kl \\
-      --densities=rings --seeds=0,1 --steps=1000]
+      --densities=rings --seeds=0,1,2 --steps=3000]
 
 What each regime is and what is written: ebm_jax/experiments/toy2d_lib.py.
 """
@@ -24,8 +24,8 @@ def define_flags() -> None:
                     f"Regimes, of {', '.join(toy2d_lib.REGIME_NAMES)}.")
   flags.DEFINE_list("densities", list(toy2d_lib.DENSITIES),
                     f"Densities, of {', '.join(toy2d_lib.DENSITIES)}.")
-  flags.DEFINE_list("seeds", ["0"], "Seeds; every (regime, density) runs each.")
-  flags.DEFINE_integer("steps", 1000, "Training steps of every run.")
+  flags.DEFINE_list("seeds", ["0", "1", "2"], "Seeds; every (regime, density) runs each.")
+  flags.DEFINE_integer("steps", 3000, "Training steps of every run.")
   flags.DEFINE_integer("chains", 512, "AIS chains.")
   flags.DEFINE_integer("temperatures", 1000, "AIS temperatures.")
 

@@ -1,7 +1,7 @@
 """Every training regime judged by exact likelihood on 2-D densities; the command line is
 ebm_jax/experiments/toy2d.py:
 
-  python -m ebm_jax.experiments.toy2d --workdir=runs/toy2d [--steps=1000 --seeds=0]
+  python -m ebm_jax.experiments.toy2d --workdir=runs/toy2d [--steps=3000 --seeds=0,1,2]
 
 Each (regime, density, seed) is an ordinary training workdir, WORKDIR/REGIME/DENSITY/seed_S,
 trained from `configs/toy2d.py:DENSITY` with the regime's changes and the same steps and seed.
@@ -234,12 +234,18 @@ def run_all(workdir: str, *, regime_names: list[str], densities: list[str], seed
   """Trains and scores every run not finished yet; rewrites the table and figure after each."""
   files.make_dirs(workdir)
   results: dict[str, dict[str, list[dict]]] = {}
+  c = toy2d_config.get_config(densities[0])
   header = (f"2-D densities, every regime trained {steps} steps (seeds {seeds}) from "
-            "`configs/toy2d.py` (MLP 128×128×128, B = 256, K = 50).")
+            f"`configs/toy2d.py` (MLP {'×'.join(map(str, c.model.mlp_hidden))}, "
+            f"B = {c.train.batch_size}, K = {c.langevin.num_steps}, λ = {c.langevin.step_size}, "
+            f"α = {c.loss.reg_weight}, Adam {c.optim.learning_rate:g} (8gaussians "
+            f"{toy2d_config.get_config('8gaussians').optim.learning_rate:g}), "
+            f"EMA {c.optim.ema_decay}"
+            f"{' with warm-up' if c.optim.ema_warmup else ''}).")
 
   def write() -> None:
-    files.write_text(os.path.join(workdir, "toy2d.json"),
-                   json.dumps({"header": header, "runs": results}, indent=2))
+    files.write_text(os.path.join(workdir, "toy2d.json"), json.dumps(
+        {"header": header, "summary": summary(results, densities), "runs": results}, indent=2))
     files.write_text(os.path.join(workdir, "toy2d.md"), markdown(results, header, densities))
     plot(workdir, results, densities, os.path.join(workdir, "densities.png"))
 

@@ -337,3 +337,37 @@ def test_sampling_falls_back_to_the_previous_readable_checkpoint(digits_workdir,
   damage(20)
   with pytest.raises(config_lib.UserError, match="no readable checkpoint"):
     restore.load(str(work))
+
+
+_WITHOUT_TENSORFLOW = """
+import sys
+class Hide:  # an accelerator image without TensorFlow (and so without clu's writers)
+  def __init__(self, inner):
+    self.inner = inner
+  def find_spec(self, name, path=None, target=None):
+    if name.split(".")[0] == "tensorflow":
+      return None
+    return self.inner.find_spec(name, path, target)
+  def __getattr__(self, attr):
+    return getattr(self.inner, attr)
+sys.meta_path[:] = [Hide(f) for f in sys.meta_path]
+sys.argv = ["main"] + sys.argv[1:]
+import runpy
+runpy.run_module("ebm_jax.main", run_name="__main__")
+"""
+
+
+def test_training_runs_without_tensorflow_writing_metrics_jsonl_only(tmp_path):
+  workdir = tmp_path / "run"
+  proc = subprocess.run(
+      [sys.executable, "-c", _WITHOUT_TENSORFLOW, "--config=configs/digits.py:tiny",
+       f"--workdir={workdir}", "--config.train.num_steps=20", "--config.train.log_every=10",
+       "--config.train.eval_every=0"],
+      capture_output=True, text=True, timeout=600, cwd=clirun.ROOT)
+  assert proc.returncode == 0, proc.stderr[-3000:]
+  assert "no TensorBoard events, metrics.jsonl only" in proc.stderr
+  rows = [r for r in read_jsonl(str(workdir / METRICS_FILE)) if "loss" in r]
+  assert [r["step"] for r in rows] == [10, 20]
+  assert rows[-1]["perf/steps_per_sec"] > 0
+  assert not list(workdir.glob("events.out.tfevents*"))
+  assert (workdir / "checkpoints" / "20").is_dir()

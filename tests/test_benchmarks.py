@@ -129,3 +129,61 @@ def test_precision_benchmark_reports_bfloat16_errors_and_times(tmp_path):
   for dtype in ("float32", "bfloat16"):
     assert result["forward_and_input_grad_s"][dtype]["n"] == 2 and result["compile_s"][dtype] > 0
   assert result["cpu_model"] and "bfloat16_speedup" in result
+
+
+# ------------------------------------------------------------------------- the GPU check
+
+
+def test_gpu_check_runs_its_cheap_stages_and_writes_one_json(tmp_path):
+  from benchmarks import gpu_check  # pylint: disable=import-outside-toplevel
+  out = tmp_path / "check.json"
+  assert gpu_check.main(["--dry_run", f"--out={out}", "--stages=env,install,tests"]) == 0
+  report = json.loads(out.read_text())
+  env = report["stages"]["env"]["result"]
+  assert env["device_count"] >= 1 and env["backend"] and env["jax"]
+  assert report["stages"]["install"]["missing"] == []  # everything is installed here
+  assert report["stages"]["tests"]["counts"]["passed"] >= 1 and report["ok"]
+
+
+def test_gpu_check_parses_the_benchmarks_and_the_training_run(tmp_path, monkeypatch):
+  # the step and train stages with their child processes replaced by what they write
+  from benchmarks import gpu_check  # pylint: disable=import-outside-toplevel
+  seen = []
+
+  def fake_run(cmd, limit, env=None):
+    seen.append(cmd)
+    flags = dict(a.split("=", 1) for a in cmd if a.startswith("--") and "=" in a)
+    if "benchmarks.train_step" in cmd:
+      with open(flags["--out"], "w") as f:
+        json.dump({"config": flags["--config"], "step_s": {"median": 0.5}, "mfu": 0.3}, f)
+    else:
+      with open(os.path.join(flags["--workdir"], "metrics.jsonl"), "w") as f:
+        f.write(json.dumps({"step": 150, "perf/steps_per_sec": 2.0}) + "\n")
+        f.write(json.dumps({"step": 300, "perf/steps_per_sec": 4.0,
+                            "quality/frechet": 12.5}) + "\n")
+    return {"cmd": " ".join(cmd), "rc": 0, "seconds": 1.0, "tail": ""}
+
+  monkeypatch.setattr(gpu_check, "run", fake_run)
+  out = tmp_path / "check.json"
+  assert gpu_check.main([f"--out={out}", "--stages=steps,train"]) == 0
+  report = json.loads(out.read_text())["stages"]
+  assert report["steps"]["cifar10"]["result"]["config"] == "configs/cifar10.py"
+  assert report["steps"]["celebahq"]["result"]["step_s"]["median"] == 0.5
+  assert report["train"]["steps_per_sec"] == 4.0
+  assert report["train"]["quality"] == {"quality/frechet": 12.5}
+  celeba = [c for c in seen if "--config=configs/celebahq.py" in c][0]
+  assert "--config.train.batch_size=128" in celeba  # the paper's 128 per device, one device
+  assert "--config.data.name=shapes" in celeba  # no tfds on the GPU machine
+  assert gpu_check.pytest_counts("3 passed, 1 skipped in 2.0s") == {"passed": 3, "skipped": 1}
+
+
+@pytest.mark.slow  # the whole dry run: benchmarks and a training run of the digits, on the CPU
+def test_gpu_check_dry_run_of_every_stage(tmp_path):
+  out = tmp_path / "check.json"
+  proc = subprocess.run([sys.executable, "-m", "benchmarks.gpu_check", "--dry_run",
+                         f"--out={out}", "--budget_s=1500"], capture_output=True, text=True,
+                        timeout=1600, cwd=ROOT)
+  report = json.loads(out.read_text())
+  assert proc.returncode == 0 and report["ok"], json.dumps(report)[-3000:]
+  assert report["stages"]["steps"]["cifar10"]["result"]["step_s"]["median"] > 0
+  assert report["stages"]["train"]["quality"]["quality/classes"] >= 1

@@ -134,6 +134,7 @@ def test_precision_benchmark_reports_bfloat16_errors_and_times(tmp_path):
 # ------------------------------------------------------------------------- the GPU check
 
 
+@pytest.mark.slow  # child processes: the env probe and a pytest run
 def test_gpu_check_runs_its_cheap_stages_and_writes_one_json(tmp_path):
   from benchmarks import gpu_check  # pylint: disable=import-outside-toplevel
   out = tmp_path / "check.json"

@@ -180,3 +180,6 @@ def test_the_2d_regime_runner_writes_its_table_and_resumes(tmp_path):
   stamp = done.stat().st_mtime
   assert toy2d_lib.run_all(str(tmp_path), **kw) == table  # a rerun skips finished runs
   assert done.stat().st_mtime == stamp
+  wider = toy2d_lib.run_all(str(tmp_path), **{**kw, "regime_names": ["icd", "hmc", "no_kl"]},
+                            report_only=True)  # reports what is finished, trains nothing
+  assert wider == table and not (tmp_path / "no_kl").exists()

@@ -64,15 +64,15 @@ def test_points_outside_the_square_name_the_square_that_holds_them(tmp_path):
 def test_a_tiny_run_on_points_trains_and_is_scored_on_the_held_out_rows(tmp_path):
   c = toy2d_config.get_config("points,tiny")
   c.data.path = _write(tmp_path / "p.npz", _points(1000))
-  c.train.num_steps = 60
-  c.train.checkpoint_every = 60
-  c.train.log_every = 60
+  c.train.num_steps = 30
+  c.train.checkpoint_every = 30
+  c.train.log_every = 30
   c.train.image_every = 0
   c.sample.num = 16
   c.sample.batch_size = 16
   train.train_and_evaluate(c, str(tmp_path / "run"))
   run = restore.load(str(tmp_path / "run"))
-  out = likelihood.evaluate(run, num=2000, chains=64, temperatures=200, sampler="hmc",
+  out = likelihood.evaluate(run, num=2000, chains=32, temperatures=100, sampler="hmc",
                             step_size=0.1, leapfrog_steps=3)
   assert out["num"] == 100 and out["nll_true"] is None and out["box"] == (-4.0, 4.0)
   assert np.isfinite(out["nll_grid"]) and abs(out["ais_minus_grid"]) < 0.2, out

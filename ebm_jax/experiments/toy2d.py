@@ -28,6 +28,8 @@ def define_flags() -> None:
   flags.DEFINE_integer("steps", 3000, "Training steps of every run.")
   flags.DEFINE_integer("chains", 512, "AIS chains.")
   flags.DEFINE_integer("temperatures", 1000, "AIS temperatures.")
+  flags.DEFINE_bool("report_only", False, "Write the table and figure from the finished runs; "
+                    "train nothing.")
 
 
 def run() -> None:
@@ -45,7 +47,8 @@ def run() -> None:
     raise UserError("--steps >= 1, --chains >= 2, --temperatures >= 1 and seeds >= 0 please")
   print(toy2d_lib.run_all(FLAGS.workdir, regime_names=list(FLAGS.regimes),
                           densities=list(FLAGS.densities), seeds=seeds, steps=FLAGS.steps,
-                          chains=FLAGS.chains, temperatures=FLAGS.temperatures))
+                          chains=FLAGS.chains, temperatures=FLAGS.temperatures,
+                          report_only=FLAGS.report_only))
 
 
 def main(argv) -> None:

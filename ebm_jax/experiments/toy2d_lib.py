@@ -230,11 +230,12 @@ def plot(workdir: str, results: dict, densities: list[str], path: str) -> None:
 
 
 def run_all(workdir: str, *, regime_names: list[str], densities: list[str], seeds: list[int],
-            steps: int, chains: int, temperatures: int) -> str:
-  """Trains and scores every run not finished yet; rewrites the table and figure after each."""
+            steps: int, chains: int, temperatures: int, report_only: bool = False) -> str:
+  """Trains and scores every run not finished yet; rewrites the table and figure after each.
+  `report_only`: writes them from the finished runs, training none."""
   files.make_dirs(workdir)
   results: dict[str, dict[str, list[dict]]] = {}
-  c = toy2d_config.get_config(densities[0])
+  c = toy2d_config.get_config("rings")
   header = (f"2-D densities, every regime trained {steps} steps (seeds {seeds}) from "
             f"`configs/toy2d.py` (MLP {'×'.join(map(str, c.model.mlp_hidden))}, "
             f"B = {c.train.batch_size}, K = {c.langevin.num_steps}, λ = {c.langevin.step_size}, "
@@ -257,6 +258,8 @@ def run_all(workdir: str, *, regime_names: list[str], densities: list[str], seed
     if os.path.exists(done):
       with open(done) as f:
         results.setdefault(regime, {}).setdefault(density, []).append(json.load(f))
+      continue
+    if report_only:
       continue
     eta = (time.time() - t_start) / timed * (len(todo) - n + 1) if timed else None
     logging.info("Run %d/%d: %s on %s, seed %d%s", n, len(todo), regime, density, seed,

@@ -140,15 +140,17 @@ def test_ais_matches_grid_integration_on_a_trained_2d_energy(tmp_path):
   assert run.step == 150
   out = likelihood.evaluate(run, num=2000, chains=512, temperatures=1000, sampler="hmc",
                             step_size=0.1, leapfrog_steps=5)
-  assert abs(out["ais_minus_grid"]) < 0.02, out
-  assert abs(out["nll_ais"] - out["nll_grid"]) < 0.02
+  # within 3 reported standard errors of the exact integral (and never more than 0.05 off)
+  tolerance = min(max(3 * out["ais"]["stderr"], 0.02), 0.05)
+  assert abs(out["ais_minus_grid"]) < tolerance, out
+  assert abs(out["nll_ais"] - out["nll_grid"]) < tolerance
   assert out["nll_true"] < out["nll_grid"], out  # the truth scores best
   # another AIS stream: the same held-out points, an independent estimate, as close to the grid
   other = likelihood.evaluate(run, num=2000, chains=512, temperatures=1000, sampler="hmc",
                               step_size=0.1, leapfrog_steps=5, ais_stream=1)
   assert other["nll_grid"] == out["nll_grid"] and other["nll_true"] == out["nll_true"]
   assert other["ais"]["log_z"] != out["ais"]["log_z"]
-  assert abs(other["ais_minus_grid"]) < 0.02, other
+  assert abs(other["ais_minus_grid"]) < min(max(3 * other["ais"]["stderr"], 0.02), 0.05), other
 
 
 def test_sigmoid_schedule_runs_from_zero_to_one():

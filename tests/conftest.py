@@ -103,3 +103,18 @@ def digits_workdir(tmp_path_factory) -> str:
   config.train.log_grad_terms_every = 10  # for the gradient-magnitudes notebook
   train.train_and_evaluate(config, path)
   return path
+
+
+def train_tiny_2d(variant: str, steps: int, workdir: str, **data):
+  """A `configs/toy2d.py:VARIANT,tiny` run of `steps` steps (data fields from `data`), trained
+  in this process and read back (restore.Run)."""
+  from ebm_jax import restore, train  # pylint: disable=import-outside-toplevel
+  from ebm_jax.configs import toy2d  # pylint: disable=import-outside-toplevel
+  c = toy2d.get_config(f"{variant},tiny")
+  for field, value in data.items():
+    c.data[field] = value
+  c.train.num_steps = c.train.checkpoint_every = c.train.log_every = steps
+  c.train.image_every = 0
+  c.sample.num = c.sample.batch_size = 16
+  train.train_and_evaluate(c, workdir)
+  return restore.load(workdir)

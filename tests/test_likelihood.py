@@ -8,8 +8,8 @@ import numpy as np
 import pytest
 from scipy import stats
 
-from ebm_jax import langevin, train
-from ebm_jax.configs import toy2d as toy2d_config
+from conftest import train_tiny_2d
+from ebm_jax import langevin
 from ebm_jax.eval import likelihood
 
 
@@ -127,16 +127,7 @@ def test_grid_and_ais_agree_on_a_multimodal_2d_energy_in_a_box():
 
 
 def test_ais_matches_grid_integration_on_a_trained_2d_energy(tmp_path):
-  cfg = toy2d_config.get_config("rings,tiny")
-  cfg.train.num_steps = 150
-  cfg.train.checkpoint_every = 150
-  cfg.train.log_every = 150
-  cfg.train.image_every = 0
-  cfg.sample.num = 16
-  cfg.sample.batch_size = 16
-  train.train_and_evaluate(cfg, str(tmp_path / "run"))
-  from ebm_jax import restore  # pylint: disable=import-outside-toplevel
-  run = restore.load(str(tmp_path / "run"))
+  run = train_tiny_2d("rings", 150, str(tmp_path / "run"))
   assert run.step == 150
   out = likelihood.evaluate(run, num=2000, chains=512, temperatures=1000, sampler="hmc",
                             step_size=0.1, leapfrog_steps=5)

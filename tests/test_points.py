@@ -4,7 +4,8 @@ checks on the file, and a tiny run trained and judged end to end as the 2-D dens
 import numpy as np
 import pytest
 
-from ebm_jax import config_lib, data, restore, train
+from conftest import train_tiny_2d
+from ebm_jax import config_lib, data
 from ebm_jax.configs import toy2d as toy2d_config
 from ebm_jax.eval import likelihood
 
@@ -62,22 +63,14 @@ def test_points_outside_the_square_name_the_square_that_holds_them(tmp_path):
 
 
 def test_a_tiny_run_on_points_trains_and_is_scored_on_the_held_out_rows(tmp_path):
-  c = toy2d_config.get_config("points,tiny")
-  c.data.path = _write(tmp_path / "p.npz", _points(1000))
-  c.train.num_steps = 30
-  c.train.checkpoint_every = 30
-  c.train.log_every = 30
-  c.train.image_every = 0
-  c.sample.num = 16
-  c.sample.batch_size = 16
-  train.train_and_evaluate(c, str(tmp_path / "run"))
-  run = restore.load(str(tmp_path / "run"))
+  path = _write(tmp_path / "p.npz", _points(1000))
+  run = train_tiny_2d("points", 30, str(tmp_path / "run"), path=path)
   out = likelihood.evaluate(run, num=2000, chains=32, temperatures=100, sampler="hmc",
                             step_size=0.1, leapfrog_steps=3)
   assert out["num"] == 100 and out["nll_true"] is None and out["box"] == (-4.0, 4.0)
   assert np.isfinite(out["nll_grid"]) and abs(out["ais_minus_grid"]) < 0.2, out
   # the score is of the held-out rows: recomputed from the energy and the grid's log Z
   energy = run.energy_fn()
-  test_rows = data.toy2d.points_split(c.data.path, "test")
+  test_rows = data.toy2d.points_split(path, "test")
   again = likelihood.nll(energy, test_rows, out["grid"]["log_z"])
   assert again == pytest.approx(out["nll_grid"], abs=1e-9)

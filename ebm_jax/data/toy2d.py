@@ -5,11 +5,12 @@ one (N, 2) array: a seeded tenth of the rows is the held-out 'test' split, the r
 from __future__ import annotations
 
 import os
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from typing import TYPE_CHECKING
 
 import numpy as np
 
+from ebm_jax.errors import DataError
 
 if TYPE_CHECKING:
   from ebm_jax import settings as settings_lib
@@ -118,29 +119,38 @@ def _logsumexp(a: np.ndarray, axis: int) -> np.ndarray:
   return np.log(np.sum(np.exp(a - top), axis=axis)) + np.squeeze(top, axis)
 
 
-def _toy_stream(cfg: settings_lib.DataSettings, batch_size: int, seed: int, start_step: int,
-                process_index: int, process_count: int = 1) -> Iterator[Batch]:
+def _iid_stream(draw: Callable[[int, np.random.Generator], np.ndarray], batch_size: int,
+                seed: int, start_step: int, process_index: int,
+                process_count: int) -> Iterator[Batch]:
+  """Global batches of i.i.d. 2-D points, `draw(n, default_rng([seed, step]))`, split by rows
+  over the processes: the batch of step s depends on (seed, s) only."""
   step = start_step
   rows = slice(process_index * batch_size, (process_index + 1) * batch_size)
   while True:
-    rng = np.random.default_rng([seed, step])
-    points = sample_toy2d(cfg.toy_density, batch_size * process_count, rng)[rows]
+    points = draw(batch_size * process_count, np.random.default_rng([seed, step]))[rows]
     yield {"image": points, "label": np.zeros((batch_size, 0), np.float32)}
     step += 1
 
 
+def _toy_stream(cfg: settings_lib.DataSettings, batch_size: int, seed: int, start_step: int,
+                process_index: int, process_count: int = 1) -> Iterator[Batch]:
+  return _iid_stream(lambda n, rng: sample_toy2d(cfg.toy_density, n, rng), batch_size, seed,
+                     start_step, process_index, process_count)
+
+
 # ---------------------------------------------------------------- a user's own points
 POINTS_TEST_FRACTION = 0.1
-_POINTS_CACHE: dict[str, np.ndarray] = {}
+_POINTS_CACHE: dict[tuple, np.ndarray] = {}  # (path, mtime, size) -> the checked points
 
 
 def load_points(path: str) -> np.ndarray:
   """All rows of FILE.npz's single (N, 2) array (or its 'points' array), float32, checked."""
-  from ebm_jax.errors import DataError  # pylint: disable=import-outside-toplevel
-  if path in _POINTS_CACHE:
-    return _POINTS_CACHE[path]
   if not path or not os.path.isfile(path):
     raise DataError(f"data.name=points reads data.path=FILE.npz; {path!r} is not a file")
+  stat = os.stat(path)
+  key_of_file = (os.path.abspath(path), stat.st_mtime_ns, stat.st_size)
+  if key_of_file in _POINTS_CACHE:
+    return _POINTS_CACHE[key_of_file]
   try:
     with np.load(path) as f:
       names = list(f.keys())
@@ -157,14 +167,13 @@ def load_points(path: str) -> np.ndarray:
     raise DataError(f"{path}: {len(x)} points; at least 20 are needed (a tenth is held out)")
   if not np.all(np.isfinite(x)):
     raise DataError(f"{path}: {int(np.sum(~np.all(np.isfinite(x), 1)))} rows are not finite")
-  _POINTS_CACHE[path] = x.astype(np.float32)
-  return _POINTS_CACHE[path]
+  _POINTS_CACHE[key_of_file] = x.astype(np.float32)
+  return _POINTS_CACHE[key_of_file]
 
 
 def points_split(path: str, split: str) -> np.ndarray:
   """The 'train' or 'test' rows (a fixed seeded permutation: the split never depends on the
   run's seed)."""
-  from ebm_jax.errors import DataError  # pylint: disable=import-outside-toplevel
   x = load_points(path)
   order = np.random.default_rng(20211).permutation(len(x))
   n_test = max(int(round(POINTS_TEST_FRACTION * len(x))), 2)
@@ -177,7 +186,6 @@ def points_split(path: str, split: str) -> np.ndarray:
 
 def check_points_box(path: str, box: tuple[float, float]) -> None:
   """Every point inside the square box² on which the density is fitted and normalised."""
-  from ebm_jax.errors import DataError  # pylint: disable=import-outside-toplevel
   x = load_points(path)
   outside = int(np.sum(np.any((x < box[0]) | (x > box[1]), axis=1)))
   if outside:
@@ -190,10 +198,6 @@ def check_points_box(path: str, box: tuple[float, float]) -> None:
 
 def _points_stream(cfg: settings_lib.DataSettings, batch_size: int, seed: int, start_step: int,
                    process_index: int, process_count: int = 1) -> Iterator[Batch]:
-  x = points_split(cfg.path, "train")
-  step = start_step
-  rows = slice(process_index * batch_size, (process_index + 1) * batch_size)
-  while True:  # i.i.d. rows, drawn with replacement: the batch of step s depends on (seed, s)
-    idx = np.random.default_rng([seed, step]).integers(len(x), size=batch_size * process_count)
-    yield {"image": x[idx[rows]], "label": np.zeros((batch_size, 0), np.float32)}
-    step += 1
+  x = points_split(cfg.path, "train")  # rows drawn with replacement
+  return _iid_stream(lambda n, rng: x[rng.integers(len(x), size=n)], batch_size, seed,
+                     start_step, process_index, process_count)

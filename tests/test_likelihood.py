@@ -81,6 +81,7 @@ def _product_of_mixtures(d, centres=(0.3, 0.7), s=0.15):
   return energy, d * np.log(mass)
 
 
+@pytest.mark.slow  # 512 chains × 4,000 temperatures of HMC: about 40 s on 2 cores
 def test_ais_with_its_defaults_recovers_log_z_of_a_64_dimensional_multimodal_energy_in_a_box():
   energy, exact = _product_of_mixtures(64)
   r = likelihood.ais(energy, (64,), jax.random.key(0), base=likelihood.Base("uniform", 0, 1),
@@ -129,7 +130,7 @@ def test_grid_and_ais_agree_on_a_multimodal_2d_energy_in_a_box():
 def test_ais_matches_grid_integration_on_a_trained_2d_energy(tmp_path):
   run = train_tiny_2d("rings", 150, str(tmp_path / "run"))
   assert run.step == 150
-  out = likelihood.evaluate(run, num=2000, chains=512, temperatures=1000, sampler="hmc",
+  out = likelihood.evaluate(run, num=2000, chains=256, temperatures=1000, sampler="hmc",
                             step_size=0.1, leapfrog_steps=5)
   # within 3 reported standard errors of the exact integral (and never more than 0.05 off)
   tolerance = min(max(3 * out["ais"]["stderr"], 0.02), 0.05)
@@ -137,7 +138,7 @@ def test_ais_matches_grid_integration_on_a_trained_2d_energy(tmp_path):
   assert abs(out["nll_ais"] - out["nll_grid"]) < tolerance
   assert out["nll_true"] < out["nll_grid"], out  # the truth scores best
   # another AIS stream: the same held-out points, an independent estimate, as close to the grid
-  other = likelihood.evaluate(run, num=2000, chains=512, temperatures=1000, sampler="hmc",
+  other = likelihood.evaluate(run, num=2000, chains=256, temperatures=1000, sampler="hmc",
                               step_size=0.1, leapfrog_steps=5, ais_stream=1)
   assert other["nll_grid"] == out["nll_grid"] and other["nll_true"] == out["nll_true"]
   assert other["ais"]["log_z"] != out["ais"]["log_z"]

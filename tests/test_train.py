@@ -357,6 +357,7 @@ runpy.run_module("ebm_jax.main", run_name="__main__")
 """
 
 
+@pytest.mark.slow  # a training subprocess (about 30 s)
 def test_training_runs_without_tensorflow_writing_metrics_jsonl_only(tmp_path):
   workdir = tmp_path / "run"
   proc = subprocess.run(

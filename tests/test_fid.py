@@ -116,6 +116,7 @@ def test_weight_files_are_checked(tmp_path):
     inception.load_params(str(tmp_path / "wrong.npz"))
 
 
+@pytest.mark.slow  # nine command runs of the Inception network on a CPU: about 80 s
 def test_evaluate_fid_command(tmp_path, digits_workdir):
   weights, other = str(tmp_path / "w.npz"), str(tmp_path / "other.npz")
   write_random_inception_weights(weights)

@@ -114,10 +114,13 @@ def flops_linear_in_k(flops_for_k: Callable[[int], float], k: int, unroll: int,
 
 
 def with_chain_length(config, k: int):
-  """A copy of config whose Langevin chain has k steps, fully unrolled."""
+  """A copy of config whose Langevin chain has k steps, fully unrolled, and whose loss is taken
+  in one chunk: XLA counts a loop body once, and loss.chunks changes no FLOPs (the same rows
+  through the same net), so the FLOP count is of the unchunked program."""
   c = copy.deepcopy(config)
   c.langevin.num_steps = k
   c.langevin.unroll = k
+  c.loss.chunks = 1
   return c
 
 

@@ -12,13 +12,18 @@ analysis of the CPU compile and an estimate of the time per iteration; prints on
 - **Memory**: the step compiled for the CPU devices at the config's global batch, with the chain
   as a rolled loop (the GPU/TPU default, `langevin.unroll` = 0); XLA's memory analysis gives the
   per-device argument, output and temporary (activation) bytes. A GPU/TPU compile lays memory out
-  differently: the figure is an estimate, compared with 80 GB (H100) and 32 GB (TPU v4).
+  differently: the figure is an estimate, compared with 80 GB (H100) and 30 GB of a 32 GB
+  device (V100 / TPU v4: 2 GB left to the runtime).
+- **FLOP check** (`--flop_check`, more than one device): the per-device program's FLOPs on all
+  devices against one device's at the same per-device batch; a ratio above 1 is work the
+  partitioner replicates on every device.
 - **Time**: FLOPs of the step (compiled at K = 1 and K = 2 unrolled on a small batch, affine in
   K and linear in the batch) divided by the peak of 8 H100s (bfloat16 / TF32) times `--mfu`.
 """
 
 import copy
 import re
+import time
 
 from ebm_jax import cli  # first: nothing above this line may import jax
 cli.apply_xla_flags()  # XLA reads the flags' log level when jax loads, not later
@@ -37,9 +42,12 @@ flags.DEFINE_bool("memory", True, "Also compile at the global batch for the memo
 flags.DEFINE_bool("mock_data", False, "Read tfds datasets' metadata under "
                   "tfds.testing.mock_data (no download; only shapes are needed here).")
 flags.DEFINE_bool("estimate", True, "Also count the step's FLOPs for the time estimate.")
+flags.DEFINE_bool("flop_check", True, "Also compare the step's FLOPs per device on all "
+                  "devices with one device's at the same per-device batch (K = 1).")
 
 CPU_ONLY = re.compile(r"callback|cpu", re.IGNORECASE)
-BUDGET_GB = {"H100 (80 GB)": 80.0, "TPU v4 (32 GB)": 32.0}
+# what a step may take of each device: 2 GB of a 32 GB device left to the runtime and framework
+BUDGET_GB = {"H100 (80 GB)": 80.0, "V100 / TPU v4 (32 GB)": 30.0}
 
 
 def abstract_args(setup: train.Setup):
@@ -86,8 +94,32 @@ def step_flops(config, k: int) -> float:
   return flops * config.train.batch_size / small.train.batch_size
 
 
-def memory(setup: train.Setup) -> dict:
+def flops_per_device(config, devices, per_device: int = 2) -> float:
+  """XLA's FLOP count of the step's per-device program (K = 1, unrolled) on `devices` at
+  `per_device` rows per device: the partitioned program's own count, not scaled."""
+  small = common.with_chain_length(config, 1)
+  small.train.batch_size = per_device * len(devices)
+  if small.loss.kl_samples:  # the config's share of KL rows, at least one per device
+    share = config.loss.kl_samples / config.train.batch_size
+    small.loss.kl_samples = max(1, round(share * per_device)) * len(devices)
+  setup = train.Setup(small, devices)
   compiled = chain_program.compile(setup.step_fn, *abstract_args(setup))
+  return common.flops_of(compiled) / len(devices)
+
+
+def flop_check(config) -> dict:
+  """The step's FLOPs per device on every device of this process against one device at the
+  same per-device batch: a ratio above 1 is work the partitioner replicates on every device."""
+  devices = jax.devices()
+  one, many = flops_per_device(config, devices[:1]), flops_per_device(config, devices)
+  return {"devices": len(devices), "per_device_batch": 2, "flops_one_device": one,
+          "flops_per_device": many, "ratio": many / one}
+
+
+def memory(setup: train.Setup) -> dict:
+  t0 = time.perf_counter()
+  compiled = chain_program.compile(setup.step_fn, *abstract_args(setup))
+  compile_s = time.perf_counter() - t0
   m = compiled.memory_analysis()
   gb = lambda n: n / 1e9
   per_device = {"argument_gb": gb(m.argument_size_in_bytes), "output_gb": gb(m.output_size_in_bytes),
@@ -96,6 +128,7 @@ def memory(setup: train.Setup) -> dict:
   total = (m.argument_size_in_bytes + m.output_size_in_bytes + m.temp_size_in_bytes
            - m.alias_size_in_bytes)
   per_device["total_gb"] = gb(total)
+  per_device["cpu_compile_s"] = compile_s  # lower + compile for the host devices
   per_device["fits"] = {name: gb(total) < cap for name, cap in BUDGET_GB.items()}
   return per_device
 
@@ -113,6 +146,8 @@ def run() -> dict:
          "export": export_step(setup, FLAGS.platforms)}
   if FLAGS.memory:
     out["memory_per_device_estimate"] = memory(setup)
+  if FLAGS.flop_check and setup.mesh.size > 1:
+    out["flop_check"] = flop_check(config)
   if not FLAGS.estimate:
     return {**out, **common.device_info(), "versions": common.versions()}
   flops = step_flops(config, k)

@@ -126,6 +126,16 @@ def validate(config: ml_collections.ConfigDict, num_devices: int = 1) -> None:
   check(0 <= lo.kl_samples <= t.batch_size, "loss.kl_samples",
         f"must be between 0 (whole batch) and train.batch_size ({t.batch_size})")
   check(lo.ent_num_refs >= 1, "loss.ent_num_refs", "must be at least 1")
+  n_kl = lo.kl_samples or t.batch_size
+  kl_per_device = n_kl // num_devices if n_kl % num_devices == 0 else n_kl  # step.kl_part
+  check(lo.chunks >= 1 and (t.batch_size // num_devices) % lo.chunks == 0
+        and kl_per_device % lo.chunks == 0, "loss.chunks",
+        f"must be at least 1 and divide each device's rows: {t.batch_size // num_devices} of "
+        f"the batch and {kl_per_device} KL rows (loss.kl_samples) on the number of devices "
+        f"({num_devices})")
+  check(lo.chunks == 1 or not lo.kl_all_steps, "loss.chunks",
+        "must be 1 with loss.kl_all_steps=True (the replayed chain's noise is drawn for all "
+        "KL rows at once, so chunks would change it)")
   check(lo.ent_eps > 0, "loss.ent_eps", "must be > 0")
   check(bf.capacity >= 1, "buffer.capacity", "must be at least 1")
   check(0 <= bf.noise_restart_prob <= 1, "buffer.noise_restart_prob", "must lie in [0, 1]")

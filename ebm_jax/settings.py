@@ -73,6 +73,7 @@ class LossSettings:
   kl_form: str
   kl_all_steps: bool
   ce_weight: float
+  chunks: int
 
 
 @dataclasses.dataclass(frozen=True)

@@ -1,8 +1,8 @@
 """Run by test_train.py in a process with 8 forced CPU devices: a training step on an
 8-device mesh must equal the same step on one device (same state, global batch and keys).
 
-Two steps are checked (with the chain inside the step program, and again with the chain run
-from the host as segments: ebm_jax/chain_program.py), each from the *same* input state on both meshes: step 1 starts every
+Two steps are checked (with the chain inside the step program, again with the chain run
+from the host as segments: ebm_jax/chain_program.py, and with the loss in chunks), each from the *same* input state on both meshes: step 1 starts every
 chain from noise (empty buffer); step 2 starts from the 1-device state after step 1, so the
 chains start from buffer draws put through augmentation transitions. Comparing two steps run
 back to back would compare different inputs at step 2: a float rounding difference of one
@@ -94,8 +94,13 @@ def main():
   cfg.optim.eps = 1.0
   cfg.langevin.host_segment = 2
   host_worst, _ = _check(cfg)
+  # the loss in strided chunks (loss.chunks = 2 of each device's 2 rows), strict again
+  cfg = digits.get_config("tiny")
+  cfg.optim.eps = 1.0
+  cfg.train.batch_size, cfg.loss.chunks = 16, 2
+  chunk_worst, _ = _check(cfg)
   print(f"devices=8 steps=2 max_abs_diff={worst:.3g} adam_sign_flips={flips} "
-        f"host_chain_max_abs_diff={host_worst:.3g}")
+        f"host_chain_max_abs_diff={host_worst:.3g} chunked_loss_max_abs_diff={chunk_worst:.3g}")
 
 
 if __name__ == "__main__":

@@ -188,3 +188,20 @@ def test_gpu_check_dry_run_of_every_stage(tmp_path):
   assert proc.returncode == 0 and report["ok"], json.dumps(report)[-3000:]
   assert report["stages"]["steps"]["cifar10"]["result"]["step_s"]["median"] > 0
   assert report["stages"]["train"]["quality"]["quality/classes"] >= 1
+
+
+@pytest.mark.slow  # an 8-device process compiling the step on one and on eight devices
+def test_no_work_is_replicated_over_eight_devices(tmp_path):
+  """benchmarks.export's FLOP check: the step's per-device program on 8 devices counts the
+  FLOPs of the 1-device program at the same per-device batch, within 3 % (replicated work,
+  such as the KL rows' double backward on every device, shows as a ratio well above 1)."""
+  out = tmp_path / "export.json"
+  env = {**os.environ, "XLA_FLAGS": "--xla_force_host_platform_device_count=8"}
+  proc = subprocess.run(
+      [sys.executable, "-m", "benchmarks.export", "--config=configs/digits.py:tiny",
+       "--platforms=cuda", "--memory=false", "--estimate=false", f"--out={out}"],
+      capture_output=True, text=True, timeout=900, cwd=ROOT, env=env)
+  assert proc.returncode == 0, proc.stderr[-3000:]
+  check = json.loads(out.read_text())["flop_check"]
+  assert check["devices"] == 8 and check["flops_one_device"] > 0, check
+  assert 0.97 < check["ratio"] < 1.03, check

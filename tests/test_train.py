@@ -137,6 +137,7 @@ def _run_with_devices(script: str, devices: int) -> str:
 def test_sharded_step_equals_single_device_step():
   out = _run_with_devices("sharding_check.py", 8)
   assert "devices=8" in out and "max_abs_diff" in out and "host_chain_max_abs_diff" in out
+  assert "chunked_loss_max_abs_diff" in out
 
 
 @pytest.mark.slow  # a 2-device process

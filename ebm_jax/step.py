@@ -23,6 +23,7 @@ import optax
 
 from ebm_jax import augment as augment_lib
 from ebm_jax import chain_program
+from ebm_jax import chunks as chunks_lib
 from ebm_jax import buffer as buffer_lib
 from ebm_jax import data as data_lib
 from ebm_jax import faults
@@ -273,52 +274,6 @@ def make_loss_fn(settings: settings_lib.Settings, model, neg: NegativePhase):
   return jem_loss
 
 
-def chunk_rows(x: jax.Array, chunks: int) -> jax.Array:
-  """(N, ...) -> (chunks, N / chunks, ...), chunk c holding rows c, c + chunks, c + 2 chunks, …:
-  strided, so that when the N rows lie on the devices in equal contiguous blocks (the batch
-  sharding) every chunk takes the same number of rows from each device, in device order (per-
-  device buffers' L_ent groups stay whole), and no row moves between devices."""
-  return jnp.swapaxes(x.reshape((x.shape[0] // chunks, chunks) + x.shape[1:]), 0, 1)
-
-
-def unchunk_rows(x: jax.Array) -> jax.Array:
-  """The inverse of chunk_rows: (chunks, n, ...) -> (chunks · n, ...) in the original order."""
-  return jnp.swapaxes(x, 0, 1).reshape((x.shape[0] * x.shape[1],) + x.shape[2:])
-
-
-def chunked_value_and_grad(settings: settings_lib.Settings, model, neg: NegativePhase, params):
-  """((loss, aux), θ-gradient) of make_loss_fn(settings, model, neg), the rows taken in
-  `loss.chunks` equal chunks one after another (a scan), each chunk's loss and gradient averaged.
-
-  Every term of the loss is a mean over rows with equal weights (L_CD, L_reg over the batch,
-  L_opt, L_ent over the KL rows with a fixed comparison set, JEM's cross-entropy), so the
-  average of equal chunks' losses is the loss and the average of their gradients its gradient:
-  the same numbers up to float summation order, the same FLOPs, and only one chunk's
-  activations alive at a time. aux's per-row energies are put back in row order."""
-  chunks = settings.loss.chunks
-  grad_fn = lambda n: jax.value_and_grad(make_loss_fn(settings, model, n), has_aux=True)(params)
-  if chunks == 1:
-    return grad_fn(neg)
-  split = lambda x: None if x is None else chunk_rows(x, chunks)
-  rows = (neg.x_pos, neg.labels, neg.x_neg, neg.kl.x_noised, neg.kl.x0, neg.kl.labels,
-          neg.class_labels)
-
-  def body(total, chunk):
-    x_pos, labels, x_neg, x_noised, x0, kl_labels, class_labels = chunk
-    kl = neg.kl._replace(x_noised=x_noised, x0=x0, labels=kl_labels)
-    part = neg._replace(x_pos=x_pos, labels=labels, x_neg=x_neg, kl=kl,
-                        class_labels=class_labels)
-    (loss, aux), grads = grad_fn(part)
-    return jax.tree.map(jnp.add, total, grads), (loss, aux)
-
-  zeros = jax.tree.map(jnp.zeros_like, params)
-  total, (losses_, aux) = jax.lax.scan(body, zeros, jax.tree.map(split, rows,
-                                                                 is_leaf=lambda x: x is None))
-  per_row = {"e_pos", "e_neg"}
-  aux = {k: unchunk_rows(v) if k in per_row else v.mean(0) for k, v in aux.items()}
-  return (losses_.mean(), aux), jax.tree.map(lambda g: g / chunks, total)
-
-
 def ema_decay(step, decay: float, warmup: bool):
   """The EMA's decay at `step` (the update that makes step + 1): `decay`, or with the warm-up
   min(decay, (1 + t)/(10 + t)) (TensorFlow's ExponentialMovingAverage with num_updates), under
@@ -336,7 +291,8 @@ def make_update(settings: settings_lib.Settings, model, tx: optax.GradientTransf
   docs/algorithm.md (loss, gradient, clip + Adam, EMA, divergence guard) after a negative phase."""
 
   def update(state: state_lib.TrainState, neg: NegativePhase):
-    (loss, aux), grads = chunked_value_and_grad(settings, model, neg, state.params)
+    (loss, aux), grads = chunks_lib.value_and_grad(
+        lambda n: make_loss_fn(settings, model, n), neg, state.params, settings.loss.chunks)
     updates, opt_state = tx.update(grads, state.opt_state, state.params)
     updates = jax.tree.map(lambda u: u * state.lr_scale, updates)  # guard.lr_factor^rollbacks
     params = optax.apply_updates(state.params, updates)

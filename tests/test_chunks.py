@@ -12,6 +12,7 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
+from ebm_jax import chunks as chunks_lib
 from ebm_jax import config_lib, losses, models, step
 from ebm_jax import settings as settings_lib
 from ebm_jax.configs.default import get_config
@@ -41,14 +42,15 @@ def _grad_fn(chunks, neg, features=8):
   settings = _settings(chunks, features)
   model = models.make_model(settings.model, neg.x_pos.shape[1:], 0 if neg.labels is None
                             else neg.labels.shape[-1])
-  return model, jax.jit(lambda p: step.chunked_value_and_grad(settings, model, neg, p))
+  return model, jax.jit(lambda p: chunks_lib.value_and_grad(
+      lambda n: step.make_loss_fn(settings, model, n), neg, p, settings.loss.chunks))
 
 
 def test_chunks_are_strided_and_keep_each_devices_rows_in_order():
   x = jnp.arange(16)
-  c = step.chunk_rows(x, 4)
+  c = chunks_lib.chunk_rows(x, 4)
   np.testing.assert_array_equal(c[1], [1, 5, 9, 13])
-  np.testing.assert_array_equal(step.unchunk_rows(c), x)
+  np.testing.assert_array_equal(chunks_lib.unchunk_rows(c), x)
   # 16 rows on 2 devices (rows 0-7, 8-15): every chunk takes 2 rows of each, device 0's first
   assert all(list(np.asarray(row) // 8) == [0, 0, 1, 1] for row in c)
 

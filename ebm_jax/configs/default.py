@@ -107,7 +107,7 @@ def get_config(variant: str = "") -> ml_collections.ConfigDict:
   c.loss.ce_weight = 1.0  # JEM only (model.jem): weight of the classifier's cross-entropy
   c.loss.kl_all_steps = False  # differentiate L_opt through all K steps (paper A.4 ablation)
   # The loss and its θ-gradient summed over this many equal chunks of each device's rows, one
-  # after another (step.chunked_value_and_grad): every term is a mean over rows, so the result
+  # after another (chunks.value_and_grad): every term is a mean over rows, so the result
   # is the same within float rounding, with the same FLOPs and the loss's activation memory
   # divided by about this number (benchmarks/README.md, "Memory"). 1 = the whole batch at once.
   c.loss.chunks = 1

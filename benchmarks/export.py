@@ -107,12 +107,13 @@ def flops_per_device(config, devices, per_device: int = 2) -> float:
   return common.flops_of(compiled) / len(devices)
 
 
-def flop_check(config) -> dict:
+def flop_check(config, per_device: int = 2) -> dict:
   """The step's FLOPs per device on every device of this process against one device at the
   same per-device batch: a ratio above 1 is work the partitioner replicates on every device."""
   devices = jax.devices()
-  one, many = flops_per_device(config, devices[:1]), flops_per_device(config, devices)
-  return {"devices": len(devices), "per_device_batch": 2, "flops_one_device": one,
+  one = flops_per_device(config, devices[:1], per_device)
+  many = flops_per_device(config, devices, per_device)
+  return {"devices": len(devices), "per_device_batch": per_device, "flops_one_device": one,
           "flops_per_device": many, "ratio": many / one}
 
 

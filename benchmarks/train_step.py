@@ -15,6 +15,7 @@ long chain runs host-driven; `--config.langevin.host_segment=0` builds the chain
 program (fully unrolled on CPU). Run it on an otherwise idle machine.
 """
 
+import time
 
 from ebm_jax import cli  # first: nothing above this line may import jax
 cli.apply_xla_flags()  # XLA reads the flags' log level when jax loads, not later
@@ -49,12 +50,30 @@ def run_decomposition() -> dict:
   }
 
 
+def _phase_times(compiled, holder) -> dict[str, dict[str, float]]:
+  """The host-driven step's phases timed apart over FLAGS.repeats more calls, waiting for each
+  phase's outputs: "start" (buffer draw, augmentation), "chain" (the K Langevin steps, every
+  segment), "finish" (energies, L_KL, L_ent, backward, clip, Adam, EMA, buffer update)."""
+  times: dict[str, list[float]] = {"start": [], "chain": [], "finish": []}
+  for _ in range(FLAGS.repeats):
+    clock = [time.perf_counter()]
+
+    def on_phase(name, out, clock=clock):
+      jax.block_until_ready(out)
+      now = time.perf_counter()
+      times[name].append(now - clock[0])
+      clock[0] = now
+
+    holder["state"], _, _ = compiled(holder["state"], holder["batch"], on_phase=on_phase)
+  return {name: common.summary(t) for name, t in times.items()}
+
+
 def run() -> dict:
   if FLAGS.program == "decomposition":
     return run_decomposition()
   config, setup, state, batch, compiled, compile_s = common.compile_from_flag(
       lambda setup: setup.step_fn)
-  holder = {"state": state}
+  holder = {"state": state, "batch": batch}
 
   def call():
     holder["state"], metrics, _ = compiled(holder["state"], batch)
@@ -62,6 +81,7 @@ def run() -> dict:
 
   first_s, times = common.timed(call, FLAGS.repeats, FLAGS.warmup)
   finite = bool(np.asarray(call()["finite"]))
+  parts = _phase_times(compiled, holder) if setup.host_segment else None
   b, k = config.train.batch_size, config.langevin.num_steps
   # Host-driven segments are straight-line programs: their cost analysis counts every step.
   unroll = k if setup.host_segment else setup.chain_policy.unroll
@@ -86,6 +106,7 @@ def run() -> dict:
       "langevin_steps_per_s": k / med, "flops_per_step": flops,
       "achieved_tflops": achieved, "peak_tflops": peak,
       "mfu": achieved / peak if peak else None, "loss_finite": finite,
+      "parts_s": parts,
       **common.device_info(), **common.memory_info(), "versions": common.versions(),
   }
 

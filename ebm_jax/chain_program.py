@@ -187,15 +187,23 @@ class HostChain:
       self.chain, self.start, self.segments, self.finish = chain, start, segments, finish
       self.input_shardings = start.input_shardings
 
-    def __call__(self, state, batch):
+    def __call__(self, state, batch, on_phase: Callable[[str, Any], None] | None = None):
+      """The step; `on_phase(name, outputs)`, when given, is called after each phase ("start",
+      "chain" after the last segment, "finish") with its outputs, so a benchmark can wait for
+      them and time the phases apart."""
+      on_phase = on_phase or (lambda name, out: None)
       begun = self.start(state, batch)
+      on_phase("start", begun)
       lstate, infos, first = langevin.init(begun.x0), [], 0
       for n in self.chain.lengths:
         lstate, info = self.segments[n](state.params, begun, lstate,
                                         self.chain.sigmas[first:first + n], np.int32(first))
         infos.append(info)
         first += n
-      return self.finish(state, begun, lstate, tuple(infos))
+      on_phase("chain", lstate)
+      out = self.finish(state, begun, lstate, tuple(infos))
+      on_phase("finish", out)
+      return out
 
     def programs(self) -> list[Any]:
       """The compiled programs of one call, in the order they run (segments repeated)."""

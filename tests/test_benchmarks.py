@@ -37,6 +37,25 @@ def test_benchmark_prints_json_with_the_documented_keys(script, keys, timing, tm
   assert result["mfu"] is None  # no known peak for a CPU
 
 
+@pytest.mark.slow  # a benchmark process compiling a host-driven step and its FLOP variants
+def test_train_step_times_the_host_chain_phases_apart(tmp_path):
+  """A chain of 12 steps on CPU runs host-driven (segments of 10 and 2): the benchmark times
+  its phases apart (parts_s), each as many times as the step, and they account for the step."""
+  out = tmp_path / "result.json"
+  proc = subprocess.run(
+      [sys.executable, "-m", "benchmarks.train_step", "--config=configs/digits.py:tiny",
+       "--config.langevin.num_steps=12", "--repeats=2", "--warmup=0", f"--out={out}"],
+      capture_output=True, text=True, timeout=600, cwd=ROOT)
+  assert proc.returncode == 0, proc.stderr[-3000:]
+  result = json.loads(out.read_text())
+  assert result["langevin_host_segment"] == 10
+  parts = result["parts_s"]
+  assert set(parts) == {"start", "chain", "finish"}
+  assert all(p["n"] == 2 and 0 < p["min"] <= p["median"] <= p["max"] for p in parts.values())
+  total = sum(p["median"] for p in parts.values())
+  assert 0.3 * result["step_s"]["median"] < total < 3 * result["step_s"]["median"]
+
+
 def test_benchmark_rejects_a_bad_config_without_traceback():
   proc = subprocess.run([sys.executable, "-m", "benchmarks.train_step",
                          "--config=configs/digits.py:tiny", "--config.train.batch_size=0"],

@@ -3,6 +3,7 @@ gradient decomposition built by it in both forms (the chain inside one program, 
 the host), which must report the same terms as each other and as an in-process recomputation."""
 
 import jax
+import pytest
 import numpy as np
 
 from ebm_jax import analysis, chain_program, train
@@ -39,6 +40,7 @@ def _config(segment: int):
   return c
 
 
+@pytest.mark.slow  # every term's gradient compiled twice (~1.3 min)
 def test_gradient_decomposition_runs_on_the_host_chain_and_agrees():
   """The decomposition of a host-chain config is a HostChain (no fully unrolled chain in one
   program), and its norms equal those of each term's gradient recomputed with the chain inside

@@ -100,6 +100,7 @@ def _older_copy(workdir: str, dest: str) -> str:
   return dest
 
 
+@pytest.mark.slow  # two compose processes and their chains (~1 min)
 def test_compose_flags_draw_what_the_composed_energy_draws(digits_workdir, tmp_path):
   """`compose` twice, `or` at --temperature=0.5 and `not` at --alpha=0.5 with --steps, --seed
   and --num changed too (both --augment=false: no transition is compiled, and one is due after

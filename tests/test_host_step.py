@@ -113,6 +113,7 @@ def test_host_chain_step_equals_the_one_program_step(overrides, fashion_mnist_di
   assert host.step_fn._cache_size() == 1  # pylint: disable=protected-access
 
 
+@pytest.mark.slow  # the step compiled twice more, ahead of time and unrolled (~1 min)
 def test_ahead_of_time_compilation_and_cost(fashion_mnist_dir):
   """The host-driven step compiled ahead of time from abstract arguments (shapes, dtypes and
   shardings, no data) computes the one-program step; its programs' FLOPs add up to those of

@@ -278,6 +278,7 @@ def test_configs_load_from_outside_the_repository(tmp_path):
   assert proc.stdout.strip() == "8"
 
 
+@pytest.mark.slow  # the FID network's compile at the suite's -O0 and a classifier (~2 min)
 def test_quality_hook_logs_sample_quality_at_its_steps(tmp_path, monkeypatch):
   """train.eval_every: EMA samples by the test-time chain, scored at the eval steps (and the
   last), written to metrics.jsonl; the feature classifier is trained first when not cached;

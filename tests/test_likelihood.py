@@ -59,6 +59,7 @@ def test_hmc_never_leaves_the_box_and_samples_the_truncated_target():
 # -------------------------------------------------------------------------------------- AIS
 
 
+@pytest.mark.slow  # ~36 s; the 64-d multimodal box energy below checks the defaults by default
 def test_ais_recovers_the_log_normaliser_of_a_64_dimensional_gaussian():
   d, mu, s = 64, 0.3, 0.5
   energy = lambda x: _gaussian(mu, s)(x)[:, 0]

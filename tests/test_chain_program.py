@@ -3,8 +3,8 @@ gradient decomposition built by it in both forms (the chain inside one program, 
 the host), which must report the same terms as each other and as an in-process recomputation."""
 
 import jax
-import pytest
 import numpy as np
+import pytest
 
 from ebm_jax import analysis, chain_program, train
 from test_train import tiny_config

@@ -199,9 +199,9 @@ def _close(a, b, what, rtol=2e-4, atol=1e-6):
 # segment: langevin.host_segment, 0 for the chain inside the one step program (GPU/TPU's
 # default), 2 for the chain driven from the host as 2-step programs and a shorter last one
 # (ebm_jax/chain_program.py, CPU's default for long chains); `programs`: those programs' lengths.
-# The default run has ICD both ways and, in one case (one compilation for both), a conditional
-# model with annealed noise through the host chain; the conditional model in the one program,
-# IGEBM and JEM (their own nets) with `pytest -m slow`.
+# The default run has ICD both ways; a conditional model with annealed noise through the host
+# chain, the conditional model in the one program, IGEBM and JEM (their own nets) run with
+# `pytest -m slow`.
 @pytest.mark.parametrize("kind,segment,programs", [
     ("icd", 0, []), ("icd", 2, [2, 1]),
     pytest.param("cond_anneal", 2, [2, 2, 1], marks=pytest.mark.slow),  # ~1.3 min

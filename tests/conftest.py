@@ -11,9 +11,12 @@ scikit-learn's digits) and tests reach it through `data.path`, as a user would. 
 real files skips when the package is absent (tests/test_data.py).
 """
 
+import fcntl
 import gzip
 import os
+import shutil
 import sys
+from typing import Callable
 
 import numpy as np
 import pytest
@@ -88,21 +91,40 @@ def fashion_mnist_dir(tmp_path_factory) -> str:
   return write_fake_fashion_mnist(str(tmp_path_factory.mktemp("fashion_mnist")))
 
 
+def made_once(tmp_path_factory, name: str, make: Callable[[str], None]) -> str:
+  """The folder `name`, made by make(folder) once per test session: under pytest-xdist the
+  first worker to ask makes it while the others wait on a file lock, then all read it (the
+  folder sits beside the workers' own temporary folders). Tests must not write into it."""
+  base = tmp_path_factory.getbasetemp()
+  root = base.parent if os.environ.get("PYTEST_XDIST_WORKER") else base
+  path = root / name
+  with open(root / f"{name}.lock", "w") as lock:
+    fcntl.flock(lock, fcntl.LOCK_EX)  # released when the file closes
+    if not (path / ".done").exists():
+      shutil.rmtree(path, ignore_errors=True)  # a worker that died half-way
+      path.mkdir()
+      make(str(path))
+      (path / ".done").touch()
+  return str(path)
+
+
 @pytest.fixture(scope="session")
 def digits_workdir(tmp_path_factory) -> str:
   """One trained tiny digits run (40 steps, checkpoints at 20 and 40, the gradient
   decomposition logged every 10 steps), shared by every test that only reads a run: sampling,
-  evaluation, composition, notebooks, `ebm_jax.load`. Tests must not write into it."""
+  evaluation, composition, notebooks, `ebm_jax.load`; trained once for all test processes.
+  Tests must not write into it."""
   from ebm_jax import train  # pylint: disable=import-outside-toplevel
   from ebm_jax.configs import digits  # pylint: disable=import-outside-toplevel
-  path = str(tmp_path_factory.mktemp("digits_run"))
-  config = digits.get_config("tiny")
-  config.train.num_steps = 40  # enough for the energy to rank data above noise
-  config.train.checkpoint_every = 20
-  config.train.log_every = 5
-  config.train.log_grad_terms_every = 10  # for the gradient-magnitudes notebook
-  train.train_and_evaluate(config, path)
-  return path
+
+  def make(path: str) -> None:
+    config = digits.get_config("tiny")
+    config.train.num_steps = 40  # enough for the energy to rank data above noise
+    config.train.checkpoint_every = 20
+    config.train.log_every = 5
+    config.train.log_grad_terms_every = 10  # for the gradient-magnitudes notebook
+    train.train_and_evaluate(config, path)
+  return made_once(tmp_path_factory, "digits_run", make)
 
 
 def train_tiny_2d(variant: str, steps: int, workdir: str, **data):

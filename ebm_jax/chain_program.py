@@ -21,6 +21,7 @@ fold_in(chain key, k) and σ_k of `langevin.noise_schedule` in either.
 """
 
 import concurrent.futures
+import os
 from typing import Any, Callable, NamedTuple
 
 import jax
@@ -36,8 +37,16 @@ from ebm_jax import langevin, sharding
 AUTO_SEGMENT = 10
 # LLVM at -O1 for the host-driven programs on CPU: they compile faster at the same speed, while
 # the small nets' one-program steps run faster at XLA's default level, so it is per program and
-# not a global flag (benchmarks/README.md, "Host-driven chain").
+# not a global flag (benchmarks/README.md, "Host-driven chain"). A level the user's XLA_FLAGS
+# set (--xla_backend_optimization_level) is left as they set it.
 CPU_COMPILER_OPTIONS = {"xla_backend_optimization_level": 1}
+
+
+def cpu_compiler_options() -> dict[str, Any] | None:
+  """CPU_COMPILER_OPTIONS, or None when XLA_FLAGS sets the backend's optimisation level."""
+  if "--xla_backend_optimization_level" in os.environ.get("XLA_FLAGS", ""):
+    return None
+  return dict(CPU_COMPILER_OPTIONS)
 
 
 class Policy(NamedTuple):
@@ -56,14 +65,14 @@ def policy(num_steps: int, unroll: int = 0, segment: int = -1,
     unroll 0 (auto): the whole chain on CPU (XLA:CPU runs unrolled steps much faster than a
       rolled loop), a rolled loop (1) on GPU/TPU, where compile time would grow with K for no
       measured gain; a positive value is taken as given (at most the chain's length).
-  The host-driven programs compile with CPU_COMPILER_OPTIONS on CPU."""
+  The host-driven programs compile with `cpu_compiler_options()` on CPU."""
   on_cpu = (backend or jax.default_backend()) == "cpu"
   if segment < 0:
     segment = AUTO_SEGMENT if on_cpu and num_steps > AUTO_SEGMENT else 0
   segment = min(int(segment), num_steps)
   unroll = min(int(unroll), num_steps) if unroll else (num_steps if on_cpu else 1)
   return Policy(segment=segment, unroll=unroll,
-                compiler_options=CPU_COMPILER_OPTIONS if on_cpu and segment else None)
+                compiler_options=cpu_compiler_options() if on_cpu and segment else None)
 
 
 class Chain(NamedTuple):

@@ -29,12 +29,18 @@ if ROOT not in sys.path:
 # subprocesses the tests start inherit them.
 os.environ.setdefault("JAX_COMPILATION_CACHE_DIR", os.path.join(ROOT, ".pytest_cache", "jax"))
 os.environ.setdefault("JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS", "1")
-# XLA:CPU's LLVM backend at -O0: the tests' tiny programs compile ~40 % faster (the digits
-# tiny training step: 24.8 s -> 14.8 s on a 2-core CPU) and still run in milliseconds. Tests that
-# start processes with XLA_FLAGS of their own (forced device counts) compile at the default.
-if "--xla_backend_optimization_level" not in os.environ.get("XLA_FLAGS", ""):
-  os.environ["XLA_FLAGS"] = (os.environ.get("XLA_FLAGS", "")
-                             + " --xla_backend_optimization_level=0").strip()
+# Compile-time flags for the tests' tiny programs, which then still run in milliseconds:
+#  - XLA:CPU's LLVM backend at -O0: ~40 % faster compiles (the digits tiny training step:
+#    24.8 s -> 14.8 s on a 2-core CPU);
+#  - the loop emitter instead of the MLIR fusion emitters: at -O0 another third off (three of
+#    the heaviest test files, cold cache: 219 -> 141 s of CPU on a 2-core Zen 3 EPYC). Not a
+#    flag for users: the cifar10 step at the host programs' -O1 compiled for over 6 min with it,
+#    97 s without.
+# Tests that start processes with XLA_FLAGS of their own (forced device counts) compile at the
+# defaults.
+for _flag in ("--xla_backend_optimization_level=0", "--xla_cpu_use_fusion_emitters=false"):
+  if _flag.split("=")[0] not in os.environ.get("XLA_FLAGS", ""):
+    os.environ["XLA_FLAGS"] = (os.environ.get("XLA_FLAGS", "") + " " + _flag).strip()
 # Feature classifiers that tests train are cached here, never in the user's ~/.cache/ebm_jax.
 os.environ.setdefault("EBM_JAX_CACHE", os.path.join(ROOT, ".pytest_cache", "ebm_jax"))
 

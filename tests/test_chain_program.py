@@ -10,8 +10,9 @@ from ebm_jax import analysis, chain_program, train
 from test_train import tiny_config
 
 
-def test_policy_decides_every_compile_choice():
+def test_policy_decides_every_compile_choice(monkeypatch):
   p = chain_program.policy
+  monkeypatch.setenv("XLA_FLAGS", "--xla_cpu_use_xnnpack=false")
   # segments: auto on CPU for chains longer than AUTO_SEGMENT, never on GPU/TPU
   assert p(40, backend="cpu").segment == chain_program.AUTO_SEGMENT
   assert p(11, backend="cpu").segment == chain_program.AUTO_SEGMENT
@@ -28,6 +29,9 @@ def test_policy_decides_every_compile_choice():
   assert p(40, backend="cpu").compiler_options == chain_program.CPU_COMPILER_OPTIONS
   assert p(10, backend="cpu").compiler_options is None
   assert p(40, segment=8, backend="gpu").compiler_options is None
+  # a level the user's XLA_FLAGS set is theirs (the suite's -O0, conftest.py)
+  monkeypatch.setenv("XLA_FLAGS", "--xla_backend_optimization_level=0")
+  assert p(40, backend="cpu").compiler_options is None
 
 
 def _config(segment: int):

@@ -36,11 +36,18 @@ os.environ.setdefault("JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS", "1")
 #    the heaviest test files, cold cache: 219 -> 141 s of CPU on a 2-core Zen 3 EPYC). Not a
 #    flag for users: the cifar10 step at the host programs' -O1 compiled for over 6 min with it,
 #    97 s without.
-# Tests that start processes with XLA_FLAGS of their own (forced device counts) compile at the
-# defaults.
+# Processes that tests start with forced device counts keep them (forced_devices_env).
 for _flag in ("--xla_backend_optimization_level=0", "--xla_cpu_use_fusion_emitters=false"):
   if _flag.split("=")[0] not in os.environ.get("XLA_FLAGS", ""):
     os.environ["XLA_FLAGS"] = (os.environ.get("XLA_FLAGS", "") + " " + _flag).strip()
+
+
+def forced_devices_env(devices: int, **extra: str) -> dict[str, str]:
+  """This process's environment (the suite's XLA flags included) for a child process with
+  `devices` forced CPU devices, and `extra` variables."""
+  flags = os.environ.get("XLA_FLAGS", "")
+  return dict(os.environ, **extra, XLA_FLAGS=(
+      f"{flags} --xla_force_host_platform_device_count={devices}").strip())
 # Feature classifiers that tests train are cached here, never in the user's ~/.cache/ebm_jax.
 os.environ.setdefault("EBM_JAX_CACHE", os.path.join(ROOT, ".pytest_cache", "ebm_jax"))
 

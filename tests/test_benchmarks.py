@@ -8,6 +8,8 @@ import sys
 
 import pytest
 
+from conftest import forced_devices_env
+
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 COMMON = {"device_kind", "device_count", "platform", "compile_s", "achieved_tflops", "mfu",
           "peak_tflops", "peak_rss_mib", "versions", "batch_size", "langevin_steps",
@@ -215,7 +217,7 @@ def test_no_work_is_replicated_over_eight_devices(tmp_path):
   FLOPs of the 1-device program at the same per-device batch, within 3 % (replicated work,
   such as the KL rows' double backward on every device, shows as a ratio well above 1)."""
   out = tmp_path / "export.json"
-  env = {**os.environ, "XLA_FLAGS": "--xla_force_host_platform_device_count=8"}
+  env = forced_devices_env(8)
   proc = subprocess.run(
       [sys.executable, "-m", "benchmarks.export", "--config=configs/digits.py:tiny",
        "--platforms=cuda", "--memory=false", "--estimate=false", f"--out={out}"],

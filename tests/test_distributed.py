@@ -16,6 +16,8 @@ from ebm_jax.configs import default, digits
 from ebm_jax import checkpoint, models, train
 from ebm_jax.metrics import METRICS_FILE, read_jsonl
 
+from conftest import forced_devices_env
+
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 STEPS = 3
 # optim.eps = 1: Adam's first updates are ±lr·sign(g) with the default eps, so a gradient
@@ -32,7 +34,7 @@ def _free_port() -> int:
 
 
 def _env(devices: int) -> dict:
-  return dict(os.environ, XLA_FLAGS=f"--xla_force_host_platform_device_count={devices}")
+  return forced_devices_env(devices)
 
 
 def _restore(workdir):

@@ -231,8 +231,8 @@ def _two_device_step():
 
 @pytest.mark.slow  # a 2-device process compiling the host-driven step
 def test_two_device_step_kl_rows_and_entropy_references():
-  env = dict(os.environ, PYTHONPATH=ROOT,
-             XLA_FLAGS="--xla_force_host_platform_device_count=2")
+  from conftest import forced_devices_env  # pylint: disable=import-outside-toplevel
+  env = forced_devices_env(2, PYTHONPATH=ROOT)
   proc = subprocess.run([sys.executable, os.path.abspath(__file__)], env=env,
                         capture_output=True, text=True, timeout=900, cwd=ROOT)
   assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]

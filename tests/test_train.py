@@ -13,6 +13,7 @@ import pytest
 import tensorflow_datasets as tfds
 
 import clirun
+from conftest import forced_devices_env
 
 import ebm_jax
 from ebm_jax import checkpoint, cli, config_lib, images, restore, sampling, train
@@ -125,8 +126,7 @@ def test_resume_is_bitwise_exact(tmp_path):
 def _run_with_devices(script: str, devices: int) -> str:
   """Runs tests/SCRIPT in a fresh process with forced CPU devices (XLA reads the flag at
   start-up); returns its stdout."""
-  env = dict(os.environ, XLA_FLAGS=f"--xla_force_host_platform_device_count={devices}",
-             PYTHONPATH=ROOT)
+  env = forced_devices_env(devices, PYTHONPATH=ROOT)
   proc = subprocess.run([sys.executable, os.path.join(ROOT, "tests", script)],
                         env=env, capture_output=True, text=True, timeout=900, cwd=ROOT)
   assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]

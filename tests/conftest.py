@@ -40,6 +40,8 @@ os.environ.setdefault("JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS", "1")
 for _flag in ("--xla_backend_optimization_level=0", "--xla_cpu_use_fusion_emitters=false"):
   if _flag.split("=")[0] not in os.environ.get("XLA_FLAGS", ""):
     os.environ["XLA_FLAGS"] = (os.environ.get("XLA_FLAGS", "") + " " + _flag).strip()
+# Feature classifiers that tests train are cached here, never in the user's ~/.cache/ebm_jax.
+os.environ.setdefault("EBM_JAX_CACHE", os.path.join(ROOT, ".pytest_cache", "ebm_jax"))
 
 
 def forced_devices_env(devices: int, **extra: str) -> dict[str, str]:
@@ -48,8 +50,7 @@ def forced_devices_env(devices: int, **extra: str) -> dict[str, str]:
   flags = os.environ.get("XLA_FLAGS", "")
   return dict(os.environ, **extra, XLA_FLAGS=(
       f"{flags} --xla_force_host_platform_device_count={devices}").strip())
-# Feature classifiers that tests train are cached here, never in the user's ~/.cache/ebm_jax.
-os.environ.setdefault("EBM_JAX_CACHE", os.path.join(ROOT, ".pytest_cache", "ebm_jax"))
+
 
 FAKE_FASHION_TRAIN = 1500  # scikit-learn's digits: 1,797 images; the rest is the test split
 

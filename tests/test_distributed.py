@@ -33,10 +33,6 @@ def _free_port() -> int:
     return s.getsockname()[1]
 
 
-def _env(devices: int) -> dict:
-  return forced_devices_env(devices)
-
-
 def _restore(workdir):
   """The latest checkpoint of workdir, restored in this one-process, one-device test process."""
   config = digits.get_config("tiny")
@@ -55,14 +51,15 @@ def test_two_processes_train_what_one_process_with_four_devices_trains(tmp_path)
   procs = [subprocess.Popen(
       [sys.executable, "-m", "ebm_jax.main", *FLAGS, f"--workdir={multi}", "--distributed",
        f"--coordinator_address=127.0.0.1:{port}", "--num_processes=2", f"--process_id={i}"],
-      env=_env(2), cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
-      for i in range(2)]
+      env=forced_devices_env(2), cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
+      text=True) for i in range(2)]
   outs = []
   for p in procs:
     outs.append(p.communicate(timeout=900)[0])
   assert [p.returncode for p in procs] == [0, 0], outs[0][-3000:] + outs[1][-3000:]
   one = subprocess.run([sys.executable, "-m", "ebm_jax.main", *FLAGS, f"--workdir={single}"],
-                       env=_env(4), cwd=ROOT, capture_output=True, text=True, timeout=900)
+                       env=forced_devices_env(4), cwd=ROOT, capture_output=True, text=True,
+                       timeout=900)
   assert one.returncode == 0, one.stderr[-3000:]
 
   assert "on 2 process(es)" in outs[0] and outs[0].count("CpuDevice(") == 4  # 2 x 2 devices
@@ -131,8 +128,8 @@ def test_a_lost_process_stops_the_other_in_one_line_and_a_rerun_resumes(tmp_path
     return [subprocess.Popen(
         [sys.executable, "-m", "ebm_jax.main", *common, *extra,
          f"--coordinator_address=127.0.0.1:{port}", f"--process_id={i}"],
-        env=_env(2), cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
-        for i in range(2)]
+        env=forced_devices_env(2), cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
+        text=True) for i in range(2)]
 
   procs = launch(["--config.debug.signal_at_step=3", "--config.debug.signal=KILL",
                   "--config.debug.signal_process=1"])

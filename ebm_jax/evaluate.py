@@ -5,11 +5,13 @@
   python -m ebm_jax.evaluate ood --workdir=runs/fmnist [--ood=uniform,flip_v,my_set.npz]
   python -m ebm_jax.evaluate fid --workdir=runs/fm_cpu --num=10000    # evaluate_fid.py
   python -m ebm_jax.evaluate export --workdir=runs/cifar10 --num=50000   # PNGs for other tools
+  python -m ebm_jax.evaluate neighbours --workdir=runs/fm_cpu [--num=8 --neighbours=8]
   python -m ebm_jax.evaluate accuracy --workdir=runs/jem                 # JEM's classifier
   python -m ebm_jax.evaluate likelihood --workdir=runs/rings [--chains=512 --sampler=hmc]
 
 `fid`: the standard FID (eval/fid.py); `quality`: Fréchet distance in the project's own
-classifier features (eval/quality.py), a development signal; `ood`: −E(x) as a detector.
+classifier features (eval/quality.py), a development signal; `ood`: −E(x) as a detector;
+`neighbours`: samples beside their nearest training images in pixel space (eval/neighbours.py).
 """
 
 import json
@@ -22,10 +24,12 @@ from absl import app, flags
 
 from ebm_jax import evaluate_fid, files, images, restore
 from ebm_jax.errors import UserError
-from ebm_jax.eval import features, jem, likelihood, ood, quality
+from ebm_jax.eval import features, jem, likelihood, neighbours, ood, quality
 
 FLAGS = flags.FLAGS
-COMMANDS = ("classifier", "quality", "fid", "ood", "export", "accuracy", "likelihood")
+NEIGHBOUR_ROWS = 8  # samples of the `neighbours` grid unless --num says
+COMMANDS = ("classifier", "quality", "fid", "ood", "export", "accuracy", "likelihood",
+            "neighbours")
 
 
 def define_flags() -> None:
@@ -33,7 +37,8 @@ def define_flags() -> None:
   cli.define_chain_flags()
   flags.DEFINE_integer("step", None, "Checkpoint step (default: latest).")
   flags.DEFINE_integer("num", None, "Samples / test images / OOD images to use (default: "
-                       f"{evaluate_fid.NUM} for fid, 1000 otherwise).")
+                       f"{evaluate_fid.NUM} for fid, {NEIGHBOUR_ROWS} for neighbours, 1000 "
+                       "otherwise).")
   flags.DEFINE_integer("steps", None, "Langevin steps of the sampling chain (default: config).")
   flags.DEFINE_integer("seed", 0, "Seed of sampling and of the data subsets.")
   flags.DEFINE_integer("eval_every", 0, "quality: run one long chain of --steps steps and "
@@ -44,6 +49,11 @@ def define_flags() -> None:
                       "(default: $EBM_JAX_CACHE or ~/.cache/ebm_jax).")
   cli.define_evaluate_flags()
   evaluate_fid.define_flags()
+  flags.DEFINE_integer("neighbours", 8, "neighbours: training images shown beside each sample.")
+  flags.DEFINE_integer("train_num", 0, "neighbours: training images searched (0: the whole "
+                       "training split).")
+  flags.DEFINE_string("png", None, "neighbours: the grid's path (default: "
+                      "WORKDIR/neighbours.png).")
   flags.DEFINE_string("out", None, "Also write the JSON result here (export: the folder).")
 
 
@@ -55,7 +65,11 @@ def _emit(result: dict) -> None:
 
 
 def _check_flags(command: str, num: int) -> None:
-  if num < 2:
+  if command == "neighbours":
+    if num < 1 or FLAGS.neighbours < 1 or FLAGS.train_num < 0:
+      raise UserError(f"--num={num} and --neighbours={FLAGS.neighbours} must be >= 1 and "
+                      f"--train_num={FLAGS.train_num} >= 0")
+  elif num < 2:
     raise UserError(f"--num={num} must be at least 2")
   if FLAGS.steps is not None and FLAGS.steps < 0:
     raise UserError(f"--steps={FLAGS.steps} must be >= 0")
@@ -79,7 +93,8 @@ def run(argv: list[str]) -> None:
     raise UserError(f"give one command: {' | '.join(COMMANDS)} "
                     f"(got {' '.join(argv[1:]) or 'none'})")
   command = argv[1]
-  num = FLAGS.num if FLAGS.num is not None else (evaluate_fid.NUM if command == "fid" else 1000)
+  default_num = {"fid": evaluate_fid.NUM, "neighbours": NEIGHBOUR_ROWS}.get(command, 1000)
+  num = FLAGS.num if FLAGS.num is not None else default_num
   _check_flags(command, num)
   cache_dir = FLAGS.cache_dir or files.cache_dir()
   if command == "fid":
@@ -101,6 +116,12 @@ def run(argv: list[str]) -> None:
         leapfrog_steps=FLAGS.leapfrog_steps, temperature=FLAGS.temperature)
   elif command == "accuracy":
     result = jem.accuracy(trained, num, seed=FLAGS.seed)
+  elif command == "neighbours":
+    result = neighbours.neighbours(
+        trained, num=num, k=FLAGS.neighbours, steps=FLAGS.steps, seed=FLAGS.seed,
+        train_num=FLAGS.train_num, batch_size=FLAGS.batch,
+        out_png=FLAGS.png or os.path.join(FLAGS.workdir, "neighbours.png"))
+    print(f"wrote {result['grid']}", flush=True)
   elif command == "ood":
     done = {}
 

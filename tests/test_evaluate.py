@@ -14,8 +14,9 @@ import pytest
 from ebm_jax.configs import digits
 from ebm_jax import composition, config_lib, models, restore
 from ebm_jax import data as data_lib
+from ebm_jax.errors import UserError
 from ebm_jax.settings import Settings
-from ebm_jax.eval import features, ood, stats
+from ebm_jax.eval import features, neighbours, ood, stats
 
 import clirun
 
@@ -25,6 +26,28 @@ ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 def _rotation(d: int, seed: int) -> np.ndarray:
   q, _ = np.linalg.qr(np.random.default_rng(seed).normal(size=(d, d)))
   return q
+
+
+def test_nearest_neighbours_match_a_brute_force_search():
+  """The chunked screen finds the same k rows as the full distance matrix, with the distances
+  recomputed exactly, and a query equal to a reference finds it at distance 0."""
+  rng = np.random.default_rng(0)
+  refs = rng.uniform(size=(257, 6, 5, 1)).astype(np.float32)
+  queries = np.concatenate([rng.uniform(size=(9, 6, 5, 1)), refs[[17, 200]]]).astype(np.float32)
+  full = np.sqrt(((queries.reshape(11, 1, -1).astype(np.float64)
+                   - refs.reshape(1, 257, -1)) ** 2).sum(-1))
+  want = np.argsort(full, axis=1)[:, :7]
+  for chunk in (5, 64, 10_000):  # chunk boundaries inside and beyond the k rows
+    idx, dist = neighbours.nearest(queries, refs, 7, chunk=chunk)
+    np.testing.assert_array_equal(idx, want)
+    np.testing.assert_allclose(dist, np.take_along_axis(full, want, 1), rtol=1e-12)
+  assert list(idx[-2:, 0]) == [17, 200] and np.all(dist[-2:, 0] == 0)
+  for bad, message in [((queries, refs, 0), "k=0"), ((queries, refs, 258), "k=258"),
+                       ((queries[:, :3], refs, 2), "values against"),
+                       ((queries[:0], refs, 2), "needs queries"),
+                       ((np.where(queries > 0.5, np.nan, queries), refs, 2), "NaN")]:
+    with pytest.raises(UserError, match=message):
+      neighbours.nearest(*bad)
 
 
 def test_frechet_distance_of_gaussians_matches_the_closed_form():
@@ -191,6 +214,9 @@ def test_evaluate_cli_on_a_trained_workdir(digits_workdir, tmp_path):
       "too_few": ["quality", w, "--num=100"],
       "ood": ["ood", w, "--num=100", "--ood=uniform,constant,flip_v", f"--out={out}_o.json"],
       "export": ["export", w, "--num=6", "--steps=3", f"--out={out}_export"],
+      "neighbours": ["neighbours", w, "--num=3", "--neighbours=4", "--steps=3",
+                     f"--png={out}_n.png", f"--out={out}_n.json"],
+      "no_neighbours": ["neighbours", w, "--neighbours=0"],
       "nonsense": ["nonsense"],
       "unknown_set": ["ood", w, "--ood=svhn"],
       "no_workdir": ["quality"],
@@ -200,7 +226,7 @@ def test_evaluate_cli_on_a_trained_workdir(digits_workdir, tmp_path):
   }
   results = dict(zip(cases, clirun.run_cli("ebm_jax.evaluate", list(cases.values()),
                                            env={"EBM_JAX_CACHE": str(cache)})))
-  for name in ("classifier", "quality", "along", "ood", "export"):
+  for name in ("classifier", "quality", "along", "ood", "export", "neighbours"):
     assert results[name]["code"] == 0, (name, results[name]["stderr"][-2000:])
   q = json.loads(open(f"{out}_q.json").read())
   assert q["num_samples"] == 150 and q["frechet_distance"] > 0
@@ -218,11 +244,18 @@ def test_evaluate_cli_on_a_trained_workdir(digits_workdir, tmp_path):
   with np.load(f"{out}_export/samples.npz") as f:
     assert f["images"].shape == (6, 8, 8, 1) and f["images"].dtype == np.uint8
   assert len([p for p in os.listdir(f"{out}_export") if p.endswith(".png")]) == 6
+  near = json.loads(open(f"{out}_n.json").read())
+  assert near["num_train"] > 100 and len(near["sample_nearest_l2"]) == 3
+  assert near["sample_nearest_l2_median"] > 0 and near["test_nearest_l2_median"] > 0
+  from PIL import Image  # pylint: disable=import-outside-toplevel
+  # 3 rows of 1 + 4 tiles of 8 px with 1 px borders, scaled by 96 // 8
+  assert Image.open(f"{out}_n.png").size == (12 * (5 * 9 + 1), 12 * (3 * 9 + 1))
   for name, message in [("no_classifier", "evaluate classifier --data=digits"),
                         ("nonsense", "give one command"), ("unknown_set", "unknown set 'svhn'"),
                         ("no_workdir", "--workdir is required"), ("bad_data", "--data='cifar10'"),
                         ("no_checkpoint", "no checkpoint"), ("accuracy_not_jem", "JEM"),
-                        ("too_few", "needs more than 128 samples")]:
+                        ("too_few", "needs more than 128 samples"),
+                        ("no_neighbours", "--neighbours=0 must be >= 1")]:
     r = results[name]
     assert r["code"] == 2 and message in r["stderr"], (name, r["stderr"][-2000:])
     assert "Traceback" not in r["stderr"], (name, r["stderr"][-2000:])

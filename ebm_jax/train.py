@@ -283,7 +283,8 @@ def _actions(setup: Setup, ckpt, writer: MetricWriter, progress) -> list[_Period
   if tc.eval_every > 0 and jax.process_index() == 0 and is_image:
     from ebm_jax.eval import quality as quality_lib  # pylint: disable=import-outside-toplevel
     quality = quality_lib.TrainingQuality(setup.settings, setup.model, info, files.cache_dir())
-    actions.append(_Periodic(tc.eval_every, functools.partial(_quality, quality, writer)))
+    clock = _TrainClock()  # started after the quality set-up (the FID statistics, a classifier)
+    actions.append(_Periodic(tc.eval_every, functools.partial(_quality, quality, writer, clock)))
   return actions + [_Periodic(tc.checkpoint_every, lambda d: ckpt.save(d.step, d.state),
                               syncs=True, on_stop=True)]
 
@@ -301,10 +302,24 @@ def _log(writer: MetricWriter, num_steps: int, done: _Done) -> None:
                scalars["energy_neg"], scalars["loss_kl"], rate, eta)
 
 
-def _quality(quality, writer: MetricWriter, done: _Done) -> None:
-  """The quality action (train.eval_every): EMA samples scored, logged and shown as a grid."""
+class _TrainClock:
+  """Wall minutes this process has trained for, the quality evaluations left out (the x-axis
+  of FID against time): started when the loop's actions are built, compilation included."""
+
+  def __init__(self):
+    self.start, self.evaluating = time.time(), 0.0
+
+  def minutes(self, now: float) -> float:
+    return (now - self.start - self.evaluating) / 60
+
+
+def _quality(quality, writer: MetricWriter, clock: _TrainClock, done: _Done) -> None:
+  """The quality action (train.eval_every): EMA samples scored, logged and shown as a grid;
+  the row carries quality/train_minutes (_TrainClock) beside the scores."""
   t, state = time.time(), done.state
   scalars, x = quality(done.step, *jax.device_get((state.ema_params, state.model_state)))
+  scalars["quality/train_minutes"] = clock.minutes(t)
+  clock.evaluating += time.time() - t
   writer.write_scalars(done.step, scalars)
   writer.write_images(done.step, {"quality_samples": images.make_grid(x)[None]})
   frechet = scalars.get("quality/frechet")

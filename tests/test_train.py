@@ -307,6 +307,10 @@ def test_quality_hook_logs_sample_quality_at_its_steps(tmp_path, monkeypatch):
     assert 0 < r["quality/mean_pixel"] < 1 and 0 <= r["quality/saturated_frac"] <= 1
     assert r["quality/fid"] > 0 and r["quality/fid_num"] == 12
   assert rows[0]["quality/fid"] != rows[1]["quality/fid"]  # other parameters, other samples
+  # training minutes, the evaluations left out: one step between the rows, which costs less
+  # than the evaluation at step 3 that a wall clock would count
+  gap = rows[1]["quality/train_minutes"] - rows[0]["quality/train_minutes"]
+  assert rows[0]["quality/train_minutes"] > 0 and 0 < gap < 0.5
   assert os.listdir(tmp_path / "cache" / "fid_stats") == [os.path.basename(ref)]
   assert os.listdir(tmp_path / "cache")  # the classifier it trained is cached
 

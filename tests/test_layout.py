@@ -8,7 +8,8 @@ import re
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 PKG = os.path.join(ROOT, "ebm_jax")
-CLIS = ("sample", "evaluate", "evaluate_fid", "compose", "main", "experiments.ablation")
+CLIS = ("sample", "evaluate", "evaluate_flags", "evaluate_fid", "compose", "main",
+        "experiments.ablation")
 
 
 def _modules() -> dict[str, str]:

@@ -335,21 +335,37 @@ def test_ablation_rows_are_cumulative_and_multiscale_is_na_for_one_scale_nets():
   assert not cifar["+L_ent"].model.multiscale and cifar["+multiscale"].model.multiscale
 
 
-@pytest.mark.slow  # three runner processes, classifier training
+@pytest.mark.slow  # three runner processes, classifier training, the FID network's compile
 def test_ablation_runner_writes_its_table_and_skips_finished_rows(tmp_path):
+  """Two rows with the FID of 12 samples per row (the network's weights random here, the test
+  split's statistics cached beforehand as a finished run would have left them), a rerun that
+  skips them, and a row that diverges."""
+  from conftest import write_random_inception_weights  # pylint: disable=import-outside-toplevel
+  from ebm_jax.configs import digits  # pylint: disable=import-outside-toplevel
+  from ebm_jax.eval import fid, inception  # pylint: disable=import-outside-toplevel
   workdir, cache = tmp_path / "abl", tmp_path / "cache"
+  weights = str(cache / inception.WEIGHTS_NAME)
+  write_random_inception_weights(weights)
+  ref = fid.stats_cache_path(str(cache), data_lib.as_settings(digits.get_config("tiny").data),
+                             "test", 0, fid.Network(inception.load_params(weights)).fingerprint)
+  fid.save_stats(ref, fid.Stats(np.random.default_rng(0).normal(size=2048), np.eye(2048), 297))
   args = [sys.executable, "-m", "ebm_jax.experiments.ablation",
           "--config=configs/digits.py:tiny", f"--workdir={workdir}", "--rows=base,+L_opt",
-          "--steps=2", "--num=130", f"--cache_dir={cache}", "--gap_bound=1e6"]
+          "--steps=2", "--num=130", f"--cache_dir={cache}", "--gap_bound=1e6", "--fid_num=12"]
   args.append("--classifier_steps=100")
   proc = subprocess.run(args, capture_output=True, text=True, timeout=900, cwd=ROOT)
   assert proc.returncode == 0, proc.stderr[-3000:]
   table = (workdir / "ablation.md").read_text()
   assert "| base |" in table and "| +L_opt |" in table and "stable" in table
+  assert "FID ↓ (12 samples vs test)" in table
   assert (workdir / "energy_gap.png").stat().st_size > 0
   summary = json.loads((workdir / "ablation.json").read_text())["rows"]
   assert [s["row"] for s in summary] == ["base", "+L_opt"]
   assert all(s["frechet_distance"] > 0 and 0 <= s["ood_auroc_mean"] <= 1 for s in summary)
+  assert all(s["fid"] > 0 and s["fid_num"] == 12 for s in summary)
+  assert summary[0]["fid"] != summary[1]["fid"]  # other rows, other samples
+  assert os.listdir(cache / "fid_stats") == [os.path.basename(ref)]  # read, not recomputed
+  args.remove("--fid_num=12")
   done = workdir / "base" / "seed_0" / "row_result.json"
   stamp = done.stat().st_mtime_ns
   proc = subprocess.run(args, capture_output=True, text=True, timeout=900, cwd=ROOT)

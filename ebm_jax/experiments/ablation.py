@@ -1,7 +1,7 @@
 """`python -m ebm_jax.experiments.ablation`: the paper's ablation (ICD Table 2), resumable.
 
   python -m ebm_jax.experiments.ablation --config=configs/digits.py --workdir=runs/ablation \
-      [--rows=base,+aug --seeds=0,1 --steps=1500 --num=500]
+      [--rows=base,+aug --seeds=0,1 --steps=1500 --num=500 --fid_num=10000]
 
 The rows, their metrics and the stability verdict are described in ablation_lib.py. A rerun
 skips finished rows and resumes an interrupted one from its checkpoints.
@@ -32,6 +32,9 @@ def define_flags() -> None:
   flags.DEFINE_float("gap_bound", 1e3, "Divergence: |E+ - E-| above this ...")
   flags.DEFINE_integer("gap_patience", 10, "... for this many consecutive steps (or non-finite).")
   flags.DEFINE_integer("num", 500, "Samples and test images for the quality and OOD metrics.")
+  flags.DEFINE_integer("fid_num", 0, "Also the standard FID of this many EMA samples per row "
+                       "against the whole test split (0: none; the papers use 10000). Needs the "
+                       "FID network (README, Evaluation).")
   flags.DEFINE_string("cache_dir", None, "Feature classifiers (default: $EBM_JAX_CACHE or "
                       "~/.cache/ebm_jax).")
   flags.DEFINE_integer("classifier_steps", 1500, "Steps of the feature classifier, trained "
@@ -47,9 +50,9 @@ def _checked_seeds() -> list[int]:
   if FLAGS.steps is not None and FLAGS.steps < 1:
     raise UserError("--steps must be at least 1")
   if (FLAGS.gap_bound <= 0 or FLAGS.gap_patience < 1 or FLAGS.num < 2
-      or FLAGS.classifier_steps < 1):
+      or FLAGS.classifier_steps < 1 or FLAGS.fid_num < 0 or FLAGS.fid_num == 1):
     raise UserError("--gap_bound must be > 0, --gap_patience >= 1, --num >= 2, "
-                    "--classifier_steps >= 1")
+                    "--classifier_steps >= 1, --fid_num 0 or >= 2")
   try:
     return [int(s) for s in FLAGS.seeds]
   except ValueError as e:
@@ -70,7 +73,7 @@ def run() -> None:
   print(ablation_lib.run_ablation(
       base, FLAGS.workdir, row_names=list(FLAGS.rows), seeds=seeds, num=FLAGS.num,
       cache_dir=FLAGS.cache_dir or files.cache_dir(), classifier_steps=FLAGS.classifier_steps,
-      header=header))
+      header=header, fid_num=FLAGS.fid_num))
 
 
 def main(argv) -> None:

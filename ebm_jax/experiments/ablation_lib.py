@@ -15,9 +15,11 @@ option (paper A.4):
   +kl_all     L_opt differentiated through every chain step (paper A.4)
 
 Every row trains for the same steps with the same seeds (WORKDIR/ROW/seed_S, an ordinary
-training workdir), then records: the Fréchet distance and class coverage of samples in the
-feature space of the project's classifier (offline datasets), the mean OOD AUROC over the
-offline OOD sets, and a stability verdict. A row diverges when the energies become non-finite
+training workdir), then records: with --fid_num=N the standard FID of N EMA samples by the
+test-time chain against the whole test split (eval/fid.py; the papers' N is 10,000), the
+Fréchet distance and class coverage of samples in the feature space of the project's
+classifier (offline datasets), the mean OOD AUROC over the offline OOD sets, and a stability
+verdict. A row diverges when the energies become non-finite
 or |E⁺ − E⁻| exceeds --gap_bound for --gap_patience consecutive steps (the divergence guard,
 switched from rollback to stop); its metrics are then those of its last good checkpoint.
 WORKDIR/ablation.md (the table), ablation.json and energy_gap.png (E⁺ − E⁻ over training for
@@ -109,13 +111,21 @@ def _read_gap(workdir: str) -> tuple[list[int], list[float]]:
 
 
 def evaluate_workdir(workdir: str, *, num: int, cache_dir: str, seed: int,
-                     classifier_steps: int = 1500) -> dict:
-  """Sample quality and OOD AUROC of a trained row (offline datasets), under EMA params."""
+                     classifier_steps: int = 1500, fid_num: int = 0) -> dict:
+  """Sample quality and OOD AUROC of a trained row (offline datasets), under EMA params, and
+  with fid_num the standard FID of that many samples against the whole test split."""
   from ebm_jax import data as data_lib  # pylint: disable=import-outside-toplevel
   from ebm_jax.eval import features, ood, quality  # pylint: disable=import-outside-toplevel
   trained = restore.load(workdir)
   data = trained.settings.data
   out: dict[str, Any] = {"evaluated_step": trained.step}
+  if fid_num and len(trained.info.shape) == 3:
+    from ebm_jax.eval import fid  # pylint: disable=import-outside-toplevel
+    network = fid.load_network(cache_dir, log=logging.info)
+    samples = quality.generate_samples(trained, fid_num, steps=None, seed=seed)
+    scored = fid.score(network, samples, what="samples", data=data, ref="test", ref_num=0,
+                       cache_dir=cache_dir, log=logging.info)
+    out.update(fid=scored["fid"], fid_num=fid_num)
   if data.name not in data_lib.OFFLINE_DATASETS or len(trained.info.shape) != 3:
     out["note"] = "no offline classifier for this data: use `evaluate export` and an FID tool"
     return out
@@ -135,7 +145,7 @@ def evaluate_workdir(workdir: str, *, num: int, cache_dir: str, seed: int,
 
 
 def run_row(name: str, config, workdir: str, *, seed: int, num: int, cache_dir: str,
-            classifier_steps: int = 1500) -> dict:
+            classifier_steps: int = 1500, fid_num: int = 0) -> dict:
   """Trains one row for one seed (resuming if interrupted) and evaluates it."""
   from ebm_jax import train  # pylint: disable=import-outside-toplevel
   config.seed = seed
@@ -151,7 +161,7 @@ def run_row(name: str, config, workdir: str, *, seed: int, num: int, cache_dir: 
   t1 = time.time()
   try:
     result.update(evaluate_workdir(workdir, num=num, cache_dir=cache_dir, seed=seed,
-                                   classifier_steps=classifier_steps))
+                                   classifier_steps=classifier_steps, fid_num=fid_num))
   except config_lib.UserError as e:  # e.g. diverged before its first checkpoint
     result["note"] = str(e)
   result["eval_seconds"] = time.time() - t1
@@ -183,6 +193,7 @@ def summarize(rows: list[tuple[str, str, Any]], results: dict[str, list[dict]]) 
                    f"{r['cause']} at step {r['diverged_at']}" for r in diverged) + ")")
     out.append({"row": name, "description": description, "seeds": len(rs),
                 "steps": rs[0]["steps"], "verdict": verdict,
+                "fid": _mean(rs, "fid"), "fid_num": rs[0].get("fid_num"),
                 "frechet_distance": _mean(rs, "frechet_distance"),
                 "frechet_floor": _mean(rs, "frechet_floor"),
                 "coverage_entropy": _mean(rs, "coverage_entropy"),
@@ -193,17 +204,20 @@ def summarize(rows: list[tuple[str, str, Any]], results: dict[str, list[dict]]) 
 
 
 def markdown(summary: list[dict], header: str) -> str:
+  fid_nums = sorted({s["fid_num"] for s in summary if s.get("fid_num")})
+  fid_head = f"FID ↓ ({', '.join(map(str, fid_nums))} samples vs test)" if fid_nums else "FID ↓"
   lines = [header, "",
-           "| row | adds | Fréchet distance ↓ | coverage entropy | classes | OOD AUROC (mean) "
-           "| stability | train min |", "|---|---|---|---|---|---|---|---|"]
+           f"| row | adds | {fid_head} | own-classifier Fréchet ↓ | coverage entropy | classes "
+           "| OOD AUROC (mean) | stability | train min |", "|---|---|---|---|---|---|---|---|---|"]
   for s in summary:
     if "skipped" in s:
-      lines.append(f"| {s['row']} | {s['description']} | {s['skipped']} | | | | | |")
+      lines.append(f"| {s['row']} | {s['description']} | {s['skipped']} | | | | | | |")
     elif s.get("pending"):
-      lines.append(f"| {s['row']} | {s['description']} | (not run yet) | | | | | |")
+      lines.append(f"| {s['row']} | {s['description']} | (not run yet) | | | | | | |")
     else:
       lines.append(
-          f"| {s['row']} | {s['description']} | {_fmt(s['frechet_distance'], '.2f')} | "
+          f"| {s['row']} | {s['description']} | {_fmt(s['fid'], '.1f')} | "
+          f"{_fmt(s['frechet_distance'], '.2f')} | "
           f"{_fmt(s['coverage_entropy'], '.2f')} | {_fmt(s['classes_present'], '.1f')} | "
           f"{_fmt(s['ood_auroc_mean'], '.3f')} | {s['verdict']} | "
           f"{s['train_minutes']:.1f} |")
@@ -242,7 +256,7 @@ def _dirname(row: str) -> str:
 
 def run_ablation(base: ml_collections.ConfigDict, workdir: str, *, row_names: list[str],
                  seeds: list[int], num: int, cache_dir: str, classifier_steps: int,
-                 header: str) -> str:
+                 header: str, fid_num: int = 0) -> str:
   """Trains and evaluates every (row, seed) not finished yet; rewrites ablation.md, .json and
   energy_gap.png in workdir after each; returns the markdown table."""
   files.make_dirs(workdir)
@@ -275,7 +289,8 @@ def run_ablation(base: ml_collections.ConfigDict, workdir: str, *, row_names: li
       logging.info("Row %s seed %d (run %d/%d%s): training in %s", name, seed, done_runs,
                    total, "" if eta is None else f", ETA {eta / 60:.0f} min", row_dir)
       result = run_row(name, ml_collections.ConfigDict(config.to_dict()), row_dir, seed=seed,
-                       num=num, cache_dir=cache_dir, classifier_steps=classifier_steps)
+                       num=num, cache_dir=cache_dir, classifier_steps=classifier_steps,
+                       fid_num=fid_num)
       files.write_text(done, json.dumps(result, indent=2))
       timed += 1
       results.setdefault(name, []).append(result)

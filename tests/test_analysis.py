@@ -84,8 +84,10 @@ def test_each_terms_gradient_is_that_of_the_term_written_out(full):
   terms["kl"] = lambda p: terms["opt"](p) + terms["ent"](p)
   wants = jax.jit(lambda p: {name: jax.grad(fn)(p) for name, fn in terms.items()})(state.params)
   for name, want in wants.items():
-    # float32 rounding of separate passes (L_ent's nearest-neighbour search is expanded there)
-    assert _rel_error(grads[name], want) < 1e-4, (name, _rel_error(grads[name], want))
+    # float32 rounding of separate passes (L_ent's nearest-neighbour search is expanded there;
+    # L_opt's double backward through x̂ cancels, its error 1e-4 on some x86 CPUs' code), far
+    # below the 0.5 that a mislabelled, dropped or double-counted term gives (last line)
+    assert _rel_error(grads[name], want) < 3e-4, (name, _rel_error(grads[name], want))
   assert _rel_error(grads["opt"], grads["ent"]) > 0.5  # the terms are not one another
 
 
